@@ -1,0 +1,39 @@
+# Two entry points: `make demo` (install, then the main job) and `make test` (install, then the suite).
+# The install is idempotent: a stamp keyed on pyproject.toml and the constraints skips it when nothing changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BENCH := $(VENV)/bin/bench
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha256sum | cut -c1-16)
+DEMO_OPS := conv,dwconv,nearest,bilinear,deconv,pixel_shuffle
+RESULTS := leaderboards/results
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# torch/torchvision first (PyPI's default build; see the constraints file), then mmcv built against
+# that torch without build isolation, then this package with its extras.
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<81" wheel torch torchvision
+	MMCV_WITH_OPS=1 $(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) mmcv
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[detection,test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(BENCH) check --all
+	$(BENCH) profile -m op=$(DEMO_OPS) results_dir=$(RESULTS)
+	@echo "Results: $(RESULTS)/profile/ (one JSON record per operator)"
+
+test: install
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests; there must always be tests" >&2; exit 1; fi; \
+	exit $$rc
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+"""bench: a multi-task benchmark suite for efficient convolution operators."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,180 @@
+"""The `bench` command: run tasks, profile and check operators, list what is available.
+
+Overrides are Hydra-style ``KEY=VALUE`` pairs; mistakes are explained in one paragraph with exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bench.config import ConfigError, compose, config_groups, expand_sweeps
+from operators.registry import OperatorError
+
+console = Console()
+errors = Console(stderr=True)
+
+USAGE_EXIT = 2
+
+
+def _run_configs(config_name: str, overrides: list[str], multirun: bool, show_cfg: bool,
+                 fixed: Sequence[str] = ()) -> int:
+    from bench.runner import run
+
+    sweep = expand_sweeps(overrides) if multirun else [overrides]
+    configs = [compose(config_name, [*fixed, *ov]) for ov in sweep]  # validate every job before running any
+    if show_cfg:
+        for cfg in configs:
+            console.print(OmegaConf.to_yaml(cfg), end="", markup=False, highlight=False)
+        return 0
+    failed = 0
+    for index, cfg in enumerate(configs):
+        if multirun:
+            console.rule(f"job {index + 1}/{len(configs)}: {' '.join(sweep[index])}")
+        try:
+            record, path = run(cfg)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
+            errors.print(f"[red]job failed[/red]: {escape(f'{type(err).__name__}: {err}')} (recorded as status=failed)")
+            failed += 1
+            continue
+        _print_summary(record, path)
+    return 1 if failed else 0
+
+
+def _print_summary(record: dict, path) -> None:
+    table = Table(title=f"{record['task']}: op={record['config'].get('op')}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in {**record.get("metrics", {}), **record.get("cost", {})}.items():
+        if value is None:
+            continue
+        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+        table.add_row(key, shown)
+    table.add_row("hardware", record.get("hardware", {}).get("label", "?"))
+    table.add_row("wall time (s)", f"{record['wall_time_s']:.1f}")
+    console.print(table)
+    console.print(f"result: {path}", markup=False, highlight=False)
+
+
+def _parse_pairs(pairs: list[str], allowed: dict[str, type]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"Expected one of {', '.join(f'{k}=...' for k in allowed)}; got {pair!r}.")
+        try:
+            values[key] = allowed[key](raw)
+        except ValueError:
+            raise ConfigError(f"{key} expects {allowed[key].__name__}, got {raw!r}.") from None
+    return values
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bench.check import run_checks
+    from operators.registry import list_ops
+
+    values = _parse_pairs(args.overrides, {"op": str, "channels": int, "size": int})
+    if "op" in values:
+        names = [str(values.pop("op"))]
+    elif args.all:
+        names = list_ops()
+    else:
+        raise ConfigError("Name the operator to check, e.g. `bench check op=conv`, or pass --all.")
+    failed = 0
+    for name in names:
+        results = run_checks(name, **values)
+        table = Table(title=f"bench check op={name}")
+        for column in ("check", "result", "detail"):
+            table.add_column(column)
+        style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+        for r in results:
+            table.add_row(r.check, f"[{style[r.status]}]{r.status}[/]", r.detail)
+        console.print(table)
+        bad = sum(r.status == "fail" for r in results)
+        failed += bad
+        console.print(f"{name}: {sum(r.status == 'pass' for r in results)} passed, {bad} failed, "
+                      f"{sum(r.status == 'skip' for r in results)} skipped")
+    return 1 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from operators.registry import list_ops, op_info
+
+    if args.what == "ops":
+        table = Table(title="operators")
+        for column in ("name", "kind", "paper", "supports", "source"):
+            table.add_column(column)
+        for name in list_ops():
+            info = op_info(name)
+            table.add_row(name, info.kind, info.paper or "-", ", ".join(info.supports), info.source)
+        console.print(table)
+        return 0
+    if args.what == "tasks":
+        from tasks import list_tasks
+
+        names = list_tasks()
+    elif args.what == "backbones":
+        import timm
+
+        import backbones  # noqa: F401  registers the op_* models with timm
+
+        names = timm.list_models("op_*")
+    else:
+        names = config_groups().get(args.what, [])
+    for name in names:
+        console.print(name, markup=False, highlight=False)
+    if not names:
+        console.print(f"(no {args.what} available yet)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Multi-task benchmark suite for efficient "
+                                     "convolution operators.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "run a task: bench run task=profile op=ddf seed=0"),
+                            ("profile", "profile an operator: bench profile op=ddf task.size=56")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (Hydra syntax)")
+        p.add_argument("-m", "--multirun", action="store_true", help="sweep: op=conv,ddf seed=0,1,2")
+        p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    p = sub.add_parser("check", help="operator conformance suite: bench check op=NAME")
+    p.add_argument("overrides", nargs="*", help="op=NAME [channels=16] [size=9]")
+    p.add_argument("--all", action="store_true", help="check every registered operator")
+    p = sub.add_parser("list", help="list ops, backbones, tasks, data or recipes")
+    p.add_argument("what", nargs="?", default="ops", choices=["ops", "backbones", "tasks", "data", "recipes"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `bench` console command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run_configs("run", args.overrides, args.multirun, args.cfg)
+        if args.command == "profile":
+            return _run_configs("run", args.overrides, args.multirun, args.cfg, fixed=["task=profile"])
+        if args.command == "check":
+            return cmd_check(args)
+        return cmd_list(args)
+    except (ConfigError, OperatorError, KeyError) as err:
+        message = err.args[0] if err.args else str(err)
+        errors.print(f"[bold red]error:[/bold red] {escape(str(message))}", highlight=False)
+        return USAGE_EXIT
+    except KeyboardInterrupt:
+        errors.print("interrupted; finished results are kept")
+        return 130
+
+
+def entry() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Hydra-style configuration: compose `bench/conf` with KEY=VALUE overrides, expand sweeps, explain mistakes.
+
+Errors are raised as :class:`ConfigError` with one paragraph for a person (what was wrong, what is
+available, the closest match); the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from importlib import resources
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bench.schema import register_schemas
+from operators.registry import OperatorError, list_ops, unknown_name_message
+
+CONFIG_MODULE = "bench.conf"
+OPEN_KEYS = ("op_kwargs",)
+"""Dict keys whose sub-keys are free (operator arguments): ``op_kwargs.x=1`` adds ``x``."""
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, explained for a person."""
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Option names of each config group shipped in ``bench/conf`` (schemas excluded)."""
+    root = resources.files(CONFIG_MODULE)
+    groups: dict[str, list[str]] = {}
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.name.startswith("_"):
+            groups[entry.name] = sorted(f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml"))
+    return groups
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """Parse overrides with Hydra's grammar; a syntax error becomes a :class:`ConfigError`."""
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise ConfigError(f"Cannot parse the override(s) {' '.join(overrides)}: {err}") from None
+
+
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """The cartesian product of sweep overrides: ``op=a,b seed=0,1`` gives four override lists."""
+    choices = []
+    for override in parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _base_config(config_name: str, group_overrides: list[str]) -> DictConfig:
+    register_schemas()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=group_overrides)
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    """Raise with the closest known key if ``key`` names nothing in ``cfg``."""
+    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+        return
+    known = sorted(_leaf_keys(cfg))
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"Unknown config key {key!r}.{hint} Known keys: {', '.join(known)}. "
+                      "Print the whole composed config with `bench run --cfg`.")
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and path not in OPEN_KEYS:
+            keys.extend(_leaf_keys(node, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``config_name`` with ``overrides`` (no sweeps), validating groups, keys, types and ``op``."""
+    parsed = parse_overrides(overrides)
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps:
+        raise ConfigError(f"{' '.join(sweeps)} is a sweep; add -m (multirun) to run every combination.")
+    groups = config_groups()
+    group_lines, value_lines = [], []
+    for o in parsed:
+        key = o.get_key_element()
+        if key in groups:
+            value = o.value()
+            if value not in groups[key]:
+                raise ConfigError(unknown_name_message(f"{key} config", str(value), groups[key]))
+            group_lines.append(o.input_line)
+        else:
+            value_lines.append(o)
+    try:
+        base = _base_config(config_name, group_lines)
+        lines = []
+        for o in value_lines:
+            key = o.get_key_element()
+            if key.split(".")[0] in OPEN_KEYS and o.is_add() is False and "." in key:
+                lines.append("++" + o.input_line)  # operator kwargs: add or replace freely
+                continue
+            if not (o.is_add() or o.is_force_add() or o.is_delete()):
+                _check_key(base, key)
+            lines.append(o.input_line)
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=group_lines + lines)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err)) from None
+    if "op" in cfg:
+        try:
+            list_ops()
+            if cfg.op not in list_ops():
+                raise ConfigError(unknown_name_message("operator", str(cfg.op), list_ops()))
+        except OperatorError as err:
+            raise ConfigError(str(err)) from None
+    return cfg
+
+
+def _explain(err: Exception) -> str:
+    """Turn Hydra/OmegaConf's layered messages into one paragraph naming the key and the expectation."""
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        reason = str(getattr(cause, "msg", cause)).splitlines()[0]
+        return f"Invalid value for {cause.full_key!r}: {reason}."
+    return " ".join(str(err).split())

@@ -1,0 +1,174 @@
+"""Cost of a model or operator: parameters, MACs, latency and activation memory.
+
+MACs come from torch's FLOP counter for ordinary layers, with every registered operator's subtree
+replaced by that operator's own formula: generic counters miss unfold, elementwise and custom
+kernels, which undercounts dynamic filters.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from operators.registry import mac_formula
+
+
+def count_params(model: nn.Module) -> int:
+    """Learnable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def counter_macs(model: nn.Module, *inputs: Any) -> int:
+    """MACs torch's FLOP counter sees in one forward (FLOPs / 2); blind to custom and elementwise ops."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops() // 2
+
+
+def count_macs(model: nn.Module, *inputs: Any) -> int:
+    """MACs of one forward of ``model`` on ``inputs``, using operators' own formulas where registered."""
+    formulas: dict[str, int] = {}
+    handles = []
+    root = type(model).__name__
+
+    def outermost_ops() -> list[tuple[str, nn.Module, Callable[..., int]]]:
+        found, covered = [], []
+        for name, module in model.named_modules():
+            if any(name.startswith(prefix + ".") for prefix in covered):
+                continue
+            formula = mac_formula(module)
+            if formula is not None:
+                found.append((name, module, formula))
+                covered.append(name)
+        return found
+
+    for name, module, formula in outermost_ops():
+        key = f"{root}.{name}" if name else root
+
+        def record(mod: nn.Module, args: tuple, key: str = key, formula: Callable[..., int] = formula) -> None:
+            formulas[key] = formulas.get(key, 0) + int(formula(mod, *args))
+
+        handles.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_module = counter.get_flop_counts()
+    seen_inside_ops = sum(sum(per_module.get(key, {}).values()) for key in formulas)
+    return (counter.get_total_flops() - seen_inside_ops) // 2 + sum(formulas.values())
+
+
+def saved_activation_bytes(model: nn.Module, *inputs: Tensor) -> int:
+    """Bytes of tensors autograd keeps for backward in one training forward (device independent).
+
+    Counts each storage once, so views and re-saved tensors are not double counted; parameters are
+    excluded. This is the training-memory cost an operator adds, measured the same on CPU and GPU.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    return sum(seen.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(fn: Callable[[], Any], device: torch.device, *, warmup: int = 5, iters: int = 20,
+                    min_seconds: float = 0.0) -> dict[str, float]:
+    """Wall-clock latency of ``fn`` in milliseconds: median and interquartile range after warm-up.
+
+    Synchronises the device around every call. Keeps iterating past ``iters`` until ``min_seconds``
+    of measurement have passed, so very fast calls are not dominated by timer noise.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - start_all < min_seconds:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_ms": statistics.median(times), "iqr_ms": quartiles[2] - quartiles[0],
+            "min_ms": min(times), "iters": len(times)}
+
+
+@dataclass
+class Profile:
+    """Cost figures of one model on one input shape (MACs per sample, as papers report them)."""
+
+    params: int
+    macs: int
+    macs_per_sample: int
+    input_shape: list[int]
+    latency_ms: float
+    latency_iqr_ms: float
+    throughput_per_s: float
+    train_step_ms: float | None
+    saved_activation_mb: float
+    peak_memory_mb: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def profile_module(
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    *,
+    device: torch.device,
+    warmup: int = 5,
+    iters: int = 20,
+    train: bool = True,
+) -> Profile:
+    """Profile ``model`` on ``inputs``: inference latency in eval mode, a forward+backward step if ``train``."""
+    model = model.to(device)
+    inputs = [t.to(device) for t in inputs]
+    batch = inputs[0].shape[0]
+    model.eval()
+    macs = count_macs(model, *inputs)
+    with torch.inference_mode():
+        infer = measure_latency(lambda: model(*inputs), device, warmup=warmup, iters=iters)
+    model.train()
+    grad_inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    saved = saved_activation_bytes(model, *grad_inputs)
+    step_ms = None
+    peak = None
+    if train:
+        def step() -> None:
+            out = model(*grad_inputs)
+            loss = sum(o.float().mean() for o in (out if isinstance(out, (tuple, list)) else [out]) if o is not None)
+            loss.backward()
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step_ms = measure_latency(step, device, warmup=max(1, warmup // 2), iters=max(3, iters // 2))["median_ms"]
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+    return Profile(
+        params=count_params(model), macs=macs, macs_per_sample=macs // batch,
+        input_shape=list(inputs[0].shape), latency_ms=infer["median_ms"], latency_iqr_ms=infer["iqr_ms"],
+        throughput_per_s=batch / infer["median_ms"] * 1e3, train_step_ms=step_ms,
+        saved_activation_mb=saved / 2**20, peak_memory_mb=peak,
+    )

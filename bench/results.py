@@ -1,0 +1,110 @@
+"""Result records: one JSON file per run, with everything needed to trust and reproduce it.
+
+Records are written atomically (temporary file, fsync, rename), so a crash or interruption never
+leaves a half-written record and never touches records that already exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA_VERSION = 1
+PACKAGES = ("bench", "torch", "torchvision", "timm", "lightning", "mmcv", "mmdet", "mmengine", "hydra-core")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str = "cpu") -> dict[str, Any]:
+    """Where latencies were measured: results from different hardware are never ranked together."""
+    info: dict[str, Any] = {"device": device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(index)
+        info["gpu_count"] = torch.cuda.device_count()
+    info["label"] = info.get("gpu") or f"{info['cpu']} ({info['torch_threads']} threads)"
+    return info
+
+
+def provenance() -> dict[str, Any]:
+    """Code version, library versions and the exact command of this process."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    status = _git("status", "--porcelain")
+    return {
+        "command": shlex.join(["bench", *sys.argv[1:]]),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def new_record(task: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A record skeleton for one run; the runner fills status, metrics and cost."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": uuid.uuid4().hex[:12],
+        "task": task,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "running",
+        "config": config,
+        "provenance": provenance(),
+    }
+
+
+def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
+    """Write ``record`` atomically to ``results_dir/<task>/<time>-<op>-s<seed>-<id>.json``; return the path."""
+    config = record["config"]
+    stamp = record["created"].replace(":", "").replace("-", "")[:15]
+    name = f"{stamp}-{config.get('op', 'model')}-s{config.get('seed', 0)}-{record['id']}.json"
+    folder = Path(results_dir) / record["task"]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

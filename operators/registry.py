@@ -1,0 +1,216 @@
+"""The operator registry: every conv- and upsample-kind operator the suite can benchmark.
+
+Operators register with :func:`register_op`; users build them with :func:`create_op` /
+:func:`create_upsampler`. Each entry declares what it supports and how many multiply-accumulates
+it performs, so the suite can check and count operators that generic counters cannot see.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+OpKind = Literal["conv", "upsample"]
+MacFormula = Callable[..., int]
+"""``macs(module, *forward_args) -> int``: multiply-accumulates of one forward call."""
+
+KINDS: tuple[OpKind, ...] = ("conv", "upsample")
+BUILTIN = "built-in"
+
+
+class OperatorError(ValueError):
+    """A request the registry cannot satisfy (unknown name, unsupported argument, clash)."""
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What the registry knows about one operator."""
+
+    name: str
+    kind: OpKind
+    factory: Callable[..., nn.Module]
+    paper: str | None = None
+    stride: bool = True
+    """Accepts ``stride=2`` (output size ceil(H / 2))."""
+    dilation: bool = False
+    channel_change: bool = True
+    """Accepts ``out_channels != in_channels`` (conv kind only)."""
+    guide: bool = False
+    """Accepts a guidance feature (upsample kind only)."""
+    jit_trace: bool = True
+    compile: bool = True
+    macs: MacFormula | None = None
+    exact_macs: bool = False
+    """The formula should equal what torch's FLOP counter sees (no hidden ops inside)."""
+    source: str = BUILTIN
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def supports(self) -> list[str]:
+        """Short capability labels for tables."""
+        conv = self.kind == "conv"
+        flags = {"stride": self.stride and conv, "dilation": self.dilation and conv,
+                 "channel change": self.channel_change and conv, "guide": self.guide and not conv,
+                 "jit.trace": self.jit_trace, "compile": self.compile}
+        return [label for label, on in flags.items() if on]
+
+
+_REGISTRY: dict[str, OpInfo] = {}
+_source_stack: list[str] = [BUILTIN]
+
+
+@contextmanager
+def registering_from(source: str) -> Iterator[None]:
+    """Attribute operators registered inside this block to ``source`` (a plugin's distribution)."""
+    _source_stack.append(source)
+    try:
+        yield
+    finally:
+        _source_stack.pop()
+
+
+def register_op(
+    name: str,
+    *,
+    kind: OpKind,
+    paper: str | None = None,
+    override: bool = False,
+    **capabilities: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering an ``nn.Module`` class (or a factory returning one) as operator ``name``.
+
+    ``capabilities`` are :class:`OpInfo` fields (``stride``, ``dilation``, ``channel_change``,
+    ``guide``, ``jit_trace``, ``compile``, ``macs``, ``exact_macs``, ``description``). Without
+    ``macs=``, the module's own ``macs(*forward_args)`` method is the formula.
+    Registering an existing name raises unless ``override=True``.
+    """
+    if kind not in KINDS:
+        raise OperatorError(f"operator {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    known = {f.name for f in OpInfo.__dataclass_fields__.values()} - {"name", "kind", "factory", "paper", "source"}
+    unknown = set(capabilities) - known
+    if unknown:
+        raise OperatorError(f"operator {name!r}: unknown capability {sorted(unknown)}; known: {sorted(known)}")
+
+    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and not override:
+            other = _REGISTRY[name]
+            raise OperatorError(
+                f"operator {name!r} is already registered (by {other.source}); "
+                "pass override=True to register_op to replace it deliberately")
+        description = capabilities.pop("description", None) or _first_line(factory.__doc__)
+        _REGISTRY[name] = OpInfo(name=name, kind=kind, factory=factory, paper=paper,
+                                 source=_source_stack[-1], description=description, **capabilities)
+        return factory
+
+    return decorate
+
+
+def unregister_op(name: str) -> None:
+    """Remove an operator (for tests and for plugins that replace themselves)."""
+    _REGISTRY.pop(name, None)
+
+
+def _first_line(doc: str | None) -> str:
+    return inspect.cleandoc(doc).splitlines()[0] if doc else ""
+
+
+def _ensure_loaded() -> None:
+    from operators.plugins import load_plugins
+
+    load_plugins()
+
+
+def list_ops(kind: OpKind | None = None) -> list[str]:
+    """Names of registered operators (built-in and plugins), optionally of one kind, sorted."""
+    _ensure_loaded()
+    if kind is not None and kind not in KINDS:
+        raise OperatorError(f"kind must be one of {KINDS}, got {kind!r}")
+    return sorted(n for n, info in _REGISTRY.items() if kind is None or info.kind == kind)
+
+
+def op_info(name: str) -> OpInfo:
+    """The registry entry of ``name``; an unknown name raises with the closest matches."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise OperatorError(unknown_name_message("operator", name, list(_REGISTRY)))
+    return _REGISTRY[name]
+
+
+def unknown_name_message(what: str, name: str, available: list[str]) -> str:
+    """One paragraph: what was asked, the closest match, and everything available."""
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    listing = ", ".join(sorted(available)) or "(none)"
+    return f"Unknown {what} {name!r}.{hint} Available: {listing}."
+
+
+def _tag(module: nn.Module, info: OpInfo) -> nn.Module:
+    """Mark ``module`` as an instance of ``info`` so the MAC counter uses the operator's formula."""
+    module.bench_op = info.name
+    return module
+
+
+def create_op(
+    name: str,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build conv-kind operator ``name`` mapping ``in_channels`` to ``out_channels``.
+
+    Spatial output size is ``ceil(H / stride)``. Requests outside the operator's declared
+    capabilities (stride, dilation, channel change) raise :class:`OperatorError` saying why.
+    """
+    info = op_info(name)
+    if info.kind != "conv":
+        raise OperatorError(f"operator {name!r} is {info.kind}-kind; build it with create_upsampler")
+    if stride not in (1, 2):
+        raise OperatorError(f"operator {name!r}: stride must be 1 or 2, got {stride}")
+    if stride != 1 and not info.stride:
+        raise OperatorError(f"operator {name!r} does not support stride {stride} (it declares stride=False)")
+    if kwargs.get("dilation", 1) != 1 and not info.dilation:
+        raise OperatorError(f"operator {name!r} does not support dilation (it declares dilation=False)")
+    if in_channels != out_channels and not info.channel_change:
+        raise OperatorError(
+            f"operator {name!r} preserves channels and cannot map {in_channels} to {out_channels} channels")
+    module = info.factory(in_channels, out_channels, kernel_size=kernel_size, stride=stride, **kwargs)
+    return _tag(module, info)
+
+
+def create_upsampler(
+    name: str,
+    channels: int,
+    scale_factor: int = 2,
+    guide_channels: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build upsample-kind operator ``name``; its forward is ``(x, guide=None)``, output ``scale_factor`` x larger."""
+    info = op_info(name)
+    if info.kind != "upsample":
+        raise OperatorError(f"operator {name!r} is {info.kind}-kind; build it with create_op")
+    if guide_channels is not None and not info.guide:
+        raise OperatorError(f"upsampler {name!r} takes no guidance feature (it declares guide=False)")
+    module = info.factory(channels, scale_factor=scale_factor, guide_channels=guide_channels, **kwargs)
+    return _tag(module, info)
+
+
+def mac_formula(module: nn.Module) -> MacFormula | None:
+    """The MAC formula of a tagged operator instance, or None for ordinary modules."""
+    name = getattr(module, "bench_op", None)
+    if name is None or name not in _REGISTRY:
+        return None
+    info = _REGISTRY[name]
+    if info.macs is not None:
+        return info.macs
+    own = getattr(module, "macs", None)
+    return (lambda m, *args: own(*args)) if callable(own) else None
+

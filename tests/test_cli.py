@@ -1,0 +1,93 @@
+"""The `bench` command: overrides, sweeps, listing, and errors written for people."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+TINY = ["task.batch=1", "task.channels=4", "task.size=6", "task.warmup=0", "task.iters=2"]
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("profile/*.json"))]
+
+
+def test_list_ops_table(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list", "ops"]) == 0
+    out = capsys.readouterr().out
+    for text in ("conv", "dwconv", "nearest", "upsample", "built-in", "MobileNets"):
+        assert text in out
+
+
+def test_list_other_groups(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list", "tasks"]) == 0
+    assert "profile" in capsys.readouterr().out
+    assert main(["list", "backbones"]) == 0
+    assert main(["list", "recipes"]) == 0
+
+
+def test_cfg_prints_the_composed_config(capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--cfg", "op=dwconv", "task.size=56", "op_kwargs.bias=true"]) == 0
+    out = capsys.readouterr().out
+    assert "op: dwconv" in out and "size: 56" in out and "bias: true" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "op=ddff"], "Unknown operator 'ddff'"),
+    (["run", "op=convv"], "Did you mean 'conv'?"),
+    (["run", "task.batchh=2"], "Did you mean 'task.batch'?"),
+    (["run", "task=profil"], "Did you mean 'profile'?"),
+    (["run", "task.batch=abc"], "Invalid value for 'task.batch'"),
+    (["run", "seed=0,1"], "add -m"),
+    (["run", "op=conv,"], "Cannot parse"),
+    (["check", "op=conv", "channels=x"], "channels expects int"),
+    (["check", "oops"], "Expected one of"),
+])
+def test_mistakes_exit_2_with_a_paragraph(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
+
+
+def test_profile_writes_a_record_with_provenance(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["profile", "op=dwconv", f"results_dir={tmp_path}", *TINY]) == 0
+    (record,) = records(tmp_path)
+    assert record["status"] == "success" and record["task"] == "profile"
+    assert record["config"]["op"] == "dwconv"
+    assert record["cost"]["macs_per_sample"] == 4 * 9 * 36 + 16 * 36
+    assert record["hardware"]["device"] == "cpu" and record["hardware"]["cpu_count"] >= 1
+    assert record["provenance"]["versions"]["torch"]
+    assert record["provenance"]["command"].startswith("bench ")
+    assert str(tmp_path) in " ".join(capsys.readouterr().out.split())
+
+
+def test_multirun_sweeps_the_cartesian_product(tmp_path: Path) -> None:
+    assert main(["profile", "-m", "op=conv,nearest", "seed=0,1", f"results_dir={tmp_path}", *TINY]) == 0
+    got = sorted((r["config"]["op"], r["config"]["seed"]) for r in records(tmp_path))
+    assert got == [("conv", 0), ("conv", 1), ("nearest", 0), ("nearest", 1)]
+
+
+def test_bad_job_in_a_sweep_is_rejected_before_anything_runs(tmp_path: Path) -> None:
+    assert main(["profile", "-m", "op=conv,nope", f"results_dir={tmp_path}", *TINY]) == 2
+    assert not records(tmp_path)
+
+
+def test_failed_run_is_recorded_and_exits_1(tmp_path: Path) -> None:
+    # kernel_size=2 is refused by the operator at build time: a failed run, not a config mistake
+    assert main(["profile", "op=conv", "task.kernel_size=2", f"results_dir={tmp_path}", *TINY]) == 1
+    (record,) = records(tmp_path)
+    assert record["status"] == "failed" and "kernel_size must be odd" in record["error"]
+
+
+def test_console_script_exit_code_and_no_traceback() -> None:
+    bench = Path(sys.executable).parent / "bench"
+    out = subprocess.run([str(bench), "run", "op=ddff"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Unknown operator" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,84 @@
+"""OctConv and gOctConv semantics: paths, resampling, odd sizes, and the MAC saving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.profile import counter_macs
+from operators import OperatorError, create_op
+
+
+def _zero_except(module: nn.Module, keep: str, identity: bool = True) -> None:
+    """Zero every path's weights except ``keep``, which becomes an identity 1x1 map if asked."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.zero_()
+            if identity and name.startswith(keep) and p.dim() == 4:
+                p[:, :, p.shape[2] // 2, p.shape[3] // 2] = torch.eye(p.shape[0], p.shape[1])
+
+
+def test_alpha_zero_equals_plain_conv() -> None:
+    oct_ = create_op("octconv", 6, 10, alpha_in=0.0, alpha_out=0.0)
+    x = torch.randn(2, 6, 9, 9)
+    assert torch.allclose(oct_(x), F.conv2d(x, oct_.h2h.weight, padding=1), atol=1e-6)
+
+
+def test_first_middle_last_layers_and_odd_sizes() -> None:
+    first = create_op("octconv", 3, 8, alpha_in=0.0, alpha_out=0.5)
+    middle = create_op("octconv", 8, 16, stride=2)
+    last = create_op("octconv", 16, 4, alpha_in=0.5, alpha_out=0.0)
+    h, l = first(torch.randn(1, 3, 11, 11))
+    assert h.shape == (1, 4, 11, 11) and l.shape == (1, 4, 6, 6)
+    h, l = middle((h, l))
+    assert h.shape == (1, 8, 6, 6) and l.shape == (1, 8, 3, 3)
+    assert last((h, l)).shape == (1, 4, 6, 6)
+
+
+def test_low_to_high_is_nearest_and_high_to_low_is_average_pool() -> None:
+    m = create_op("octconv", 4, 4, kernel_size=1)
+    x_h, x_l = torch.randn(1, 2, 7, 7), torch.randn(1, 2, 4, 4)
+    _zero_except(m, "l2h")
+    y_h, _ = m((x_h, x_l))
+    assert torch.equal(y_h, x_l.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :7, :7])
+    _zero_except(m, "h2l")
+    _, y_l = m((x_h, x_l))
+    assert torch.allclose(y_l, F.avg_pool2d(x_h, 2, ceil_mode=True))
+    assert torch.allclose(y_l[0, 0, 3, 3], x_h[0, 0, 6, 6])  # edge window averages only what exists
+
+
+def test_mac_saving_matches_the_paper() -> None:
+    """Octave conv costs 1 - 3/4 * alpha * (2 - alpha) of a plain conv (0.4375 at alpha 0.5)."""
+    conv = create_op("conv", 64, 64)
+    oct_ = create_op("octconv", 64, 64)
+    x = torch.randn(1, 64, 16, 16)
+    ratio = counter_macs(oct_, (x[:, :32], x[:, 32:, :8, :8])) / counter_macs(conv, x)
+    assert ratio == pytest.approx(1 - 0.75 * 0.5 * 1.5)
+
+
+def test_goctconv_three_scales_with_missing_input() -> None:
+    m = create_op("goctconv", 12, 12, alpha_in=[0.5, 0.25, 0.25], alpha_out=[0.5, 0.25, 0.25])
+    assert m.in_scales == [6, 3, 3]
+    y0, y1, y2 = m((torch.randn(1, 6, 9, 9), None, torch.randn(1, 3, 3, 3)))
+    assert y0.shape == (1, 6, 9, 9) and y1.shape == (1, 3, 5, 5) and y2.shape == (1, 3, 3, 3)
+
+
+def test_goctconv_paths_maxpool_down_bilinear_up() -> None:
+    m = create_op("goctconv", 4, 4, kernel_size=1)
+    x0, x1 = torch.randn(1, 2, 9, 9), torch.randn(1, 2, 5, 5)
+    _zero_except(m, "paths.0to1")
+    assert torch.equal(m((x0, x1))[1], F.max_pool2d(x0, 2, ceil_mode=True))
+    _zero_except(m, "paths.1to0")
+    assert torch.allclose(m((x0, x1))[0], F.interpolate(x1, size=(9, 9), mode="bilinear", align_corners=False))
+
+
+def test_goctconv_without_cross_scale_keeps_scales_apart() -> None:
+    m = create_op("goctconv", 8, 8, cross_scale=False, depthwise=True)
+    assert set(m.paths) == {"0to0", "1to1"} and m.paths["0to0"].groups == 4
+    x0, x1 = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)
+    y0, _ = m((x0, x1))
+    assert torch.equal(y0, m((x0, torch.randn(1, 4, 4, 4)))[0])
+    with pytest.raises(OperatorError, match="equal channels per scale"):
+        create_op("goctconv", 8, 16, depthwise=True)

@@ -1,0 +1,63 @@
+"""MAC counting, parameters, latency and activation memory."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.profile import count_macs, count_params, counter_macs, measure_latency, profile_module, saved_activation_bytes
+from operators import create_op, create_upsampler, register_op
+
+
+def test_counter_and_formula_agree_on_plain_layers() -> None:
+    model = nn.Sequential(create_op("conv", 3, 8), nn.ReLU(), create_op("dwconv", 8, 16, stride=2))
+    x = torch.randn(2, 3, 9, 9)
+    expected = 2 * 9 * 9 * 8 * 3 * 9 + 2 * 5 * 5 * (8 * 9 + 8 * 16)
+    assert count_macs(model, x) == counter_macs(model, x) == expected
+
+
+def test_operator_formula_replaces_what_the_counter_cannot_see(restore_registry: None) -> None:
+    @register_op("hidden", kind="conv", channel_change=False, stride=False, macs=lambda m, x: 1000 * x.shape[0])
+    class Hidden(nn.Module):
+        """Ordinary conv plus work the counter misses (elementwise), counted by the formula instead."""
+
+        def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1) -> None:
+            super().__init__()
+            self.inner = nn.Conv2d(cin, cout, 1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) * x
+
+    head = nn.Conv2d(4, 4, 1, bias=False)
+    model = nn.Sequential(head, nn.Sequential(create_op("hidden", 4, 4), create_op("hidden", 4, 4)))
+    x = torch.randn(3, 4, 5, 5)
+    head_macs = 3 * 4 * 4 * 25
+    assert counter_macs(model, x) == head_macs * 3  # the counter only sees the 1x1 convs
+    assert count_macs(model, x) == head_macs + 2 * 3000
+
+
+def test_upsampler_macs() -> None:
+    x = torch.randn(1, 4, 6, 6)
+    assert count_macs(create_upsampler("nearest", 4), x) == 0
+    assert count_macs(create_upsampler("bilinear", 4), x) == 4 * 4 * 12 * 12
+    assert count_macs(create_upsampler("deconv", 4), x) == counter_macs(create_upsampler("deconv", 4), x)
+
+
+def test_params_and_saved_activations() -> None:
+    conv = nn.Conv2d(4, 8, 3, bias=False)
+    assert count_params(conv) == 4 * 8 * 9
+    x = torch.randn(2, 4, 10, 10, requires_grad=True)
+    # a conv keeps its input (and its weight, which is not an activation) for backward
+    assert saved_activation_bytes(conv, x) == x.numel() * 4
+    relu_net = nn.Sequential(conv, nn.ReLU())
+    assert saved_activation_bytes(relu_net, x) == x.numel() * 4 + 2 * 8 * 8 * 8 * 4
+
+
+def test_latency_and_profile_record() -> None:
+    stats = measure_latency(lambda: torch.ones(10).sum(), torch.device("cpu"), warmup=1, iters=5)
+    assert stats["iters"] == 5 and stats["median_ms"] > 0
+    prof = profile_module(create_op("conv", 8, 8), [torch.randn(2, 8, 8, 8)], device=torch.device("cpu"),
+                          warmup=1, iters=3)
+    assert prof.macs == 2 * prof.macs_per_sample == 2 * 8 * 8 * 9 * 64
+    assert prof.params == 8 * 8 * 9
+    assert prof.train_step_ms > 0 and prof.throughput_per_s > 0

@@ -1,0 +1,36 @@
+"""Result records are complete and written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import results
+from bench.results import new_record, write_record
+
+
+def test_record_has_provenance_and_round_trips(tmp_path: Path) -> None:
+    record = new_record("profile", {"op": "conv", "seed": 3})
+    record["status"] = "success"
+    path = write_record(record, tmp_path)
+    assert path.parent == tmp_path / "profile" and "-conv-s3-" in path.name
+    loaded = json.loads(path.read_text())
+    assert loaded == record
+    assert loaded["schema_version"] == results.SCHEMA_VERSION
+    assert {"command", "git_commit", "git_dirty", "python", "versions"} <= set(loaded["provenance"])
+
+
+def test_interrupted_write_leaves_no_file_and_keeps_existing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = write_record(new_record("profile", {"op": "conv", "seed": 0}), tmp_path)
+    before = first.read_text()
+
+    def interrupted(*args, **kwargs) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_record(new_record("profile", {"op": "conv", "seed": 1}), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "profile").iterdir()) == [first.name]
+    assert first.read_text() == before
