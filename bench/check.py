@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from bench.profile import counter_macs
-from operators.registry import OperatorError, OpInfo, create_op, create_upsampler, mac_formula, op_info
+from operators.registry import (OperatorError, OpInfo, create_op, create_upsampler, example_input, mac_formula,
+                                op_info)
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -64,12 +65,7 @@ class OperatorHarness:
                guide_channels: int | None = None) -> tuple:
         gen = torch.Generator().manual_seed(self.seed + 1)
         s = size or self.size
-        scales = getattr(module, "in_scales", None)
-        if scales is not None and len(scales) > 1:
-            xs = tuple(torch.randn(batch, c, -(-s // 2**i), -(-s // 2**i), generator=gen) if c else None
-                       for i, c in enumerate(scales))
-            return (xs,)
-        x = torch.randn(batch, self.channels, s, s, generator=gen)
+        x = example_input(module, batch, self.channels, s, gen)
         if guide_channels:
             return x, torch.randn(batch, guide_channels, 2 * s, 2 * s, generator=gen)
         return (x,)

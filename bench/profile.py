@@ -20,6 +20,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from operators.registry import mac_formula
 
 
+def map_tensors(fn: Callable[[Tensor], Any], obj: Any) -> Any:
+    """Apply ``fn`` to every tensor in a (nested) tuple/list, keeping the structure and Nones."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(fn, o) for o in obj)
+    return obj
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    map_tensors(found.append, obj)
+    return found
+
+
 def count_params(model: nn.Module) -> int:
     """Learnable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -67,7 +82,7 @@ def count_macs(model: nn.Module, *inputs: Any) -> int:
     return (counter.get_total_flops() - seen_inside_ops) // 2 + sum(formulas.values())
 
 
-def saved_activation_bytes(model: nn.Module, *inputs: Tensor) -> int:
+def saved_activation_bytes(model: nn.Module, *inputs: Any) -> int:
     """Bytes of tensors autograd keeps for backward in one training forward (device independent).
 
     Counts each storage once, so views and re-saved tensors are not double counted; parameters are
@@ -121,7 +136,8 @@ class Profile:
     params: int
     macs: int
     macs_per_sample: int
-    input_shape: list[int]
+    input_shape: Any
+    """Shape of the first input ([N, C, H, W]), or one shape per scale for multi-scale operators."""
     latency_ms: float
     latency_iqr_ms: float
     throughput_per_s: float
@@ -144,21 +160,20 @@ def profile_module(
 ) -> Profile:
     """Profile ``model`` on ``inputs``: inference latency in eval mode, a forward+backward step if ``train``."""
     model = model.to(device)
-    inputs = [t.to(device) for t in inputs]
-    batch = inputs[0].shape[0]
+    inputs = map_tensors(lambda t: t.to(device), list(inputs))
+    batch = next(iter(_tensors(inputs))).shape[0]
     model.eval()
     macs = count_macs(model, *inputs)
     with torch.inference_mode():
         infer = measure_latency(lambda: model(*inputs), device, warmup=warmup, iters=iters)
     model.train()
-    grad_inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    grad_inputs = map_tensors(lambda t: t.detach().requires_grad_(t.is_floating_point()), inputs)
     saved = saved_activation_bytes(model, *grad_inputs)
     step_ms = None
     peak = None
     if train:
         def step() -> None:
-            out = model(*grad_inputs)
-            loss = sum(o.float().mean() for o in (out if isinstance(out, (tuple, list)) else [out]) if o is not None)
+            loss = sum(o.float().mean() for o in _tensors(model(*grad_inputs)))
             loss.backward()
 
         if device.type == "cuda":
@@ -168,7 +183,7 @@ def profile_module(
             peak = torch.cuda.max_memory_allocated(device) / 2**20
     return Profile(
         params=count_params(model), macs=macs, macs_per_sample=macs // batch,
-        input_shape=list(inputs[0].shape), latency_ms=infer["median_ms"], latency_iqr_ms=infer["iqr_ms"],
+        input_shape=map_tensors(lambda t: list(t.shape), inputs[0]), latency_ms=infer["median_ms"], latency_iqr_ms=infer["iqr_ms"],
         throughput_per_s=batch / infer["median_ms"] * 1e3, train_step_ms=step_ms,
         saved_activation_mb=saved / 2**20, peak_memory_mb=peak,
     )

@@ -63,7 +63,9 @@ def main() -> None:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     depthwise = nn.Conv2d(c, c, k, padding=1, groups=c, bias=False).to(memory_format=torch.channels_last)
     dense = nn.Conv2d(c, c, k, padding=1, bias=False)
+    dense_cl = nn.Conv2d(c, c, k, padding=1, bias=False).to(memory_format=torch.channels_last)
     ddf_op = create_op("ddf", c, c)
+    ddf_cl = create_op("ddf", c, c).to(memory_format=torch.channels_last)
     ddf_module.cpu_kernel()  # build (or load) the kernel before timing
 
     def timed(fn) -> float:
@@ -93,18 +95,24 @@ def main() -> None:
         "shape": [n, c, s, s],
         "forward_ms": {
             "depthwise3x3_channels_last": timed(lambda: depthwise(x_cl)),
+            "ddf_op_cpp_channels_last": timed(lambda: ddf_cpp(x_cl, ch, sp)),
             "ddf_op_cpp": timed(lambda: ddf_cpp(x, ch, sp)),
             "ddf_op_torch_loop": timed(lambda: ddf_loop(x, ch, sp)),
             "ddf_op_unfold": timed(lambda: ddf_unfold(x, ch, sp)),
+            "ddf_module_channels_last": timed(lambda: ddf_cl(x_cl)),
             "ddf_module": timed(lambda: ddf_op(x)),
+            "dense3x3_conv_channels_last": timed(lambda: dense_cl(x_cl)),
             "dense3x3_conv": timed(lambda: dense(x)),
         },
         "forward_backward_ms": {
             "depthwise3x3_channels_last": timed_backward(depthwise, x_cl),
+            "ddf_op_cpp_channels_last": timed_backward(ddf_cpp, x_cl, ch, sp),
             "ddf_op_cpp": timed_backward(ddf_cpp, x, ch, sp),
             "ddf_op_torch_loop": timed_backward(ddf_loop, x, ch, sp),
             "ddf_op_unfold": timed_backward(ddf_unfold, x, ch, sp),
+            "ddf_module_channels_last": timed_backward(ddf_cl, x_cl),
             "ddf_module": timed_backward(ddf_op, x),
+            "dense3x3_conv_channels_last": timed_backward(dense_cl, x_cl),
             "dense3x3_conv": timed_backward(dense, x),
         },
         "saved_for_backward_mb": {
@@ -117,12 +125,17 @@ def main() -> None:
     }
     f, b = fig["forward_ms"], fig["forward_backward_ms"]
     fig["ratios"] = {
-        "ddf_op / depthwise (forward, target <= 3)": f["ddf_op_cpp"] / f["depthwise3x3_channels_last"],
-        "unfold / ddf_op (forward, target >= 10)": f["ddf_op_unfold"] / f["ddf_op_cpp"],
-        "ddf_module / dense conv (forward, target < 1)": f["ddf_module"] / f["dense3x3_conv"],
-        "ddf_op / depthwise (forward+backward)": b["ddf_op_cpp"] / b["depthwise3x3_channels_last"],
-        "unfold / ddf_op (forward+backward)": b["ddf_op_unfold"] / b["ddf_op_cpp"],
-        "ddf_module / dense conv (forward+backward)": b["ddf_module"] / b["dense3x3_conv"],
+        "ddf_op / depthwise, both channels-last (forward, target <= 3)":
+            f["ddf_op_cpp_channels_last"] / f["depthwise3x3_channels_last"],
+        "unfold / ddf_op, both NCHW (forward, target >= 10)": f["ddf_op_unfold"] / f["ddf_op_cpp"],
+        "ddf_module / dense conv, channels-last (forward, target < 1)":
+            f["ddf_module_channels_last"] / f["dense3x3_conv_channels_last"],
+        "ddf_module / dense conv, NCHW (forward, target < 1)": f["ddf_module"] / f["dense3x3_conv"],
+        "ddf_op / depthwise, channels-last (forward+backward)":
+            b["ddf_op_cpp_channels_last"] / b["depthwise3x3_channels_last"],
+        "unfold / ddf_op, NCHW (forward+backward)": b["ddf_op_unfold"] / b["ddf_op_cpp"],
+        "ddf_module / dense conv, channels-last (forward+backward)":
+            b["ddf_module_channels_last"] / b["dense3x3_conv_channels_last"],
     }
     print(json.dumps(fig, indent=2))
     if args.json:

@@ -112,35 +112,62 @@ def _backward_loop(g: Tensor, x: Tensor, ch: Tensor, sp: Tensor, kernel_size: in
     return gxp[:, :, pad : pad + h, pad : pad + w], gch.reshape(ch.shape), gsp
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _format(x: Tensor) -> torch.memory_format:
+    """Outputs keep the input's layout: channels-last in, channels-last out."""
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+
+
 @torch.library.custom_op("bench::ddf", mutates_args=())
 def _ddf_op(x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int, dilation: int,
             stride: int, mul: bool) -> Tensor:
-    x, ch, sp = x.contiguous(), channel_filter.contiguous(), spatial_filter.contiguous()
     if _use_cpp(x):
-        return cpu_kernel().forward(x, ch, sp, kernel_size, dilation, stride, mul)
-    return _forward_loop(x, ch, sp, kernel_size, dilation, stride, mul)
+        if _is_channels_last(x):  # NHWC kernel: long contiguous loops over channels
+            n, c = x.shape[:2]
+            ch = channel_filter.reshape(n, c, -1).transpose(1, 2).contiguous()
+            y = cpu_kernel().forward_nhwc(x.permute(0, 2, 3, 1), ch, spatial_filter.permute(0, 2, 3, 1).contiguous(),
+                                          kernel_size, dilation, stride, mul)
+            return y.permute(0, 3, 1, 2)
+        return cpu_kernel().forward(x.contiguous(), channel_filter.contiguous(), spatial_filter.contiguous(),
+                                    kernel_size, dilation, stride, mul)
+    y = _forward_loop(x, channel_filter, spatial_filter, kernel_size, dilation, stride, mul)
+    return y.contiguous(memory_format=_format(x))
 
 
 @_ddf_op.register_fake
 def _(x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int, dilation: int, stride: int,
       mul: bool) -> Tensor:
-    return x.new_empty(x.shape[0], x.shape[1], spatial_filter.shape[2], spatial_filter.shape[3])
+    shape = (x.shape[0], x.shape[1], spatial_filter.shape[2], spatial_filter.shape[3])
+    return x.new_empty(shape).contiguous(memory_format=_format(x))
 
 
 @torch.library.custom_op("bench::ddf_backward", mutates_args=())
 def _ddf_backward_op(grad: Tensor, x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int,
                      dilation: int, stride: int, mul: bool) -> tuple[Tensor, Tensor, Tensor]:
-    g, x, ch, sp = grad.contiguous(), x.contiguous(), channel_filter.contiguous(), spatial_filter.contiguous()
+    ch, sp = channel_filter, spatial_filter
     if _use_cpp(x):
-        gx, gch, gsp = cpu_kernel().backward(g, x, ch, sp, kernel_size, dilation, stride, mul)
-        return gx, gch, gsp
-    return _backward_loop(g, x, ch, sp, kernel_size, dilation, stride, mul)
+        if _is_channels_last(x):
+            n, c = x.shape[:2]
+            gx, gch, gsp = cpu_kernel().backward_nhwc(
+                grad.permute(0, 2, 3, 1).contiguous(), x.permute(0, 2, 3, 1),
+                ch.reshape(n, c, -1).transpose(1, 2).contiguous(), sp.permute(0, 2, 3, 1).contiguous(),
+                kernel_size, dilation, stride, mul)
+            return (gx.permute(0, 3, 1, 2), gch.transpose(1, 2).reshape(ch.shape).contiguous(),
+                    gsp.permute(0, 3, 1, 2).contiguous())
+        return tuple(cpu_kernel().backward(grad.contiguous(), x.contiguous(), ch.contiguous(), sp.contiguous(),
+                                           kernel_size, dilation, stride, mul))
+    gx, gch, gsp = _backward_loop(grad, x, ch, sp, kernel_size, dilation, stride, mul)
+    return gx.contiguous(memory_format=_format(x)), gch.contiguous(), gsp.contiguous()
 
 
 @_ddf_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int, dilation: int,
       stride: int, mul: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(channel_filter), torch.empty_like(spatial_filter)
+    return (x.new_empty(x.shape).contiguous(memory_format=_format(x)), channel_filter.new_empty(channel_filter.shape),
+            spatial_filter.new_empty(spatial_filter.shape))
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:

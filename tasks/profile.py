@@ -14,24 +14,30 @@ from omegaconf import DictConfig, OmegaConf
 from bench.config import ConfigError
 from bench.profile import profile_module
 from bench.results import hardware
-from operators.registry import create_op, create_upsampler, op_info
+from operators.registry import create_op, create_upsampler, example_input, op_info
 from tasks import register_task
 
 
-def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-    """The operator named by ``cfg.op`` and a random input of the configured shape."""
+def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, list]:
+    """The operator named by ``cfg.op`` and a random input of the configured shape (per scale if multi-scale)."""
     t = cfg.task
     kwargs = OmegaConf.to_container(cfg.op_kwargs, resolve=True)
-    x = torch.randn(t.batch, t.channels, t.size, t.size)
     if op_info(cfg.op).kind == "conv":
         module = create_op(cfg.op, t.channels, t.out_channels or t.channels, kernel_size=t.kernel_size,
                            stride=t.stride, **kwargs)
     else:
         module = create_upsampler(cfg.op, t.channels, **kwargs)
+    x = example_input(module, t.batch, t.channels, t.size)
     if t.channels_last:
         module = module.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = _to_channels_last(x)
     return module, [x]
+
+
+def _to_channels_last(x):
+    if isinstance(x, torch.Tensor):
+        return x.contiguous(memory_format=torch.channels_last)
+    return tuple(_to_channels_last(t) if t is not None else None for t in x)
 
 
 @register_task("profile")

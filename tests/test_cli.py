@@ -91,3 +91,11 @@ def test_console_script_exit_code_and_no_traceback() -> None:
     out = subprocess.run([str(bench), "run", "op=ddff"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "Unknown operator" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_profile_multiscale_operator_in_channels_last(tmp_path: Path) -> None:
+    args = ["profile", "op=octconv", "task.channels_last=true", "task.size=7", f"results_dir={tmp_path}"]
+    assert main([*args, *[a for a in TINY if not a.startswith("task.size")]]) == 0
+    (record,) = records(tmp_path)
+    assert record["cost"]["input_shape"] == [[1, 2, 7, 7], [1, 2, 4, 4]]
+    assert record["cost"]["macs"] > 0

@@ -137,3 +137,14 @@ def test_ddf_up_branches_land_on_their_sub_pixels() -> None:
         torch.testing.assert_close(y[:, :, a::2, b::2], want)
     with pytest.raises(OperatorError, match="pass forward"):
         up(x)
+
+
+@pytest.mark.parametrize("combine", ["mul", "add"])
+def test_channels_last_input_uses_the_same_math_and_keeps_its_layout(backend, combine) -> None:
+    x, ch, sp = _inputs(n=2, c=5, h=9, w=8, stride=2)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = ddf(x_cl, ch, sp, 3, 1, 2, combine)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, oracle(x, ch, sp, 3, 1, 2, combine))
+    leaves = (x_cl, ch.requires_grad_(), sp.requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b, c: ddf(a, b, c, 3, 1, 2, combine), leaves)
