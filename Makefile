@@ -16,11 +16,11 @@ RESULTS := leaderboards/results
 install: $(STAMP)
 
 # torch/torchvision first (PyPI's default build; see the constraints file), then mmcv built against
-# that torch without build isolation, then this package with its extras.
+# that torch without build isolation (ninja first: without it the build is serial), then this package.
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<81" wheel torch torchvision
-	MMCV_WITH_OPS=1 $(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) mmcv
+	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<81" wheel ninja torch torchvision
+	MMCV_WITH_OPS=1 MAX_JOBS=$$(nproc) $(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) mmcv
 	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[detection,test]"
 	rm -f $(VENV)/.installed-*
 	touch $@
