@@ -1,4 +1,7 @@
 """Operator-swappable backbones, registered with timm (`timm.create_model("op_resnet50", op="ddf")`).
 
-Importing this package registers the ``op_*`` models; none ship yet (see the backbones issue).
+Importing this package registers the ``op_*`` models with timm's registry; every factory takes
+``op`` (any registered conv-kind operator) and ``op_kwargs``.
 """
+
+from backbones import resnet  # noqa: F401  registers the models  isort: skip

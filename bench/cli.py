@@ -7,6 +7,7 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -24,12 +25,12 @@ errors = Console(stderr=True)
 USAGE_EXIT = 2
 
 
-def _run_configs(config_name: str, overrides: list[str], multirun: bool, show_cfg: bool,
+def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: bool,
                  fixed: Sequence[str] = ()) -> int:
     from bench.runner import run
 
     sweep = expand_sweeps(overrides) if multirun else [overrides]
-    configs = [compose(config_name, [*fixed, *ov]) for ov in sweep]  # validate every job before running any
+    configs = [compose("run", [*fixed, *ov]) for ov in sweep]  # validate every job before running any
     if show_cfg:
         for cfg in configs:
             console.print(OmegaConf.to_yaml(cfg), end="", markup=False, highlight=False)
@@ -39,7 +40,7 @@ def _run_configs(config_name: str, overrides: list[str], multirun: bool, show_cf
         if multirun:
             console.rule(f"job {index + 1}/{len(configs)}: {' '.join(sweep[index])}")
         try:
-            record, path = run(cfg)
+            record, path = run(cfg, shlex.join(["bench", command, *sweep[index]]))
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run_configs("run", args.overrides, args.multirun, args.cfg)
         if args.command == "profile":
-            return _run_configs("run", args.overrides, args.multirun, args.cfg, fixed=["task=profile"])
+            return _run_configs("profile", args.overrides, args.multirun, args.cfg, fixed=["task=profile"])
         if args.command == "check":
             return cmd_check(args)
         return cmd_list(args)

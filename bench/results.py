@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import subprocess
-import sys
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -56,8 +54,8 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def provenance() -> dict[str, Any]:
-    """Code version, library versions and the exact command of this process."""
+def provenance(command: str) -> dict[str, Any]:
+    """Code version, library versions and ``command``, the exact command that reproduces the run."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -66,7 +64,7 @@ def provenance() -> dict[str, Any]:
             continue
     status = _git("status", "--porcelain")
     return {
-        "command": shlex.join(["bench", *sys.argv[1:]]),
+        "command": command,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "python": platform.python_version(),
@@ -75,7 +73,7 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def new_record(task: str, config: dict[str, Any]) -> dict[str, Any]:
+def new_record(task: str, config: dict[str, Any], command: str) -> dict[str, Any]:
     """A record skeleton for one run; the runner fills status, metrics and cost."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -84,7 +82,7 @@ def new_record(task: str, config: dict[str, Any]) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
         "config": config,
-        "provenance": provenance(),
+        "provenance": provenance(command),
     }
 
 

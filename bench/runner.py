@@ -14,10 +14,13 @@ from bench.results import new_record, write_record
 from tasks import get_task
 
 
-def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
-    """Seed, run ``cfg.task``, and write its record (status ``failed`` with the error if it raised)."""
+def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path]:
+    """Seed, run ``cfg.task``, and write its record (status ``failed`` with the error if it raised).
+
+    ``command`` is the single-run command line that reproduces this run; it goes into the record.
+    """
     task = get_task(cfg.task.name)
-    record = new_record(cfg.task.name, OmegaConf.to_container(cfg, resolve=True))
+    record = new_record(cfg.task.name, OmegaConf.to_container(cfg, resolve=True), command)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     try:

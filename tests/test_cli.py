@@ -64,7 +64,7 @@ def test_profile_writes_a_record_with_provenance(tmp_path: Path, capsys: pytest.
     assert record["cost"]["macs_per_sample"] == 4 * 9 * 36 + 16 * 36
     assert record["hardware"]["device"] == "cpu" and record["hardware"]["cpu_count"] >= 1
     assert record["provenance"]["versions"]["torch"]
-    assert record["provenance"]["command"].startswith("bench ")
+    assert record["provenance"]["command"] == f"bench profile op=dwconv results_dir={tmp_path} {' '.join(TINY)}"
     assert str(tmp_path) in " ".join(capsys.readouterr().out.split())
 
 
@@ -72,6 +72,8 @@ def test_multirun_sweeps_the_cartesian_product(tmp_path: Path) -> None:
     assert main(["profile", "-m", "op=conv,nearest", "seed=0,1", f"results_dir={tmp_path}", *TINY]) == 0
     got = sorted((r["config"]["op"], r["config"]["seed"]) for r in records(tmp_path))
     assert got == [("conv", 0), ("conv", 1), ("nearest", 0), ("nearest", 1)]
+    commands = sorted(r["provenance"]["command"].split(" results_dir")[0] for r in records(tmp_path))
+    assert commands[0] == "bench profile op=conv seed=0"  # each job records the command that reproduces it alone
 
 
 def test_bad_job_in_a_sweep_is_rejected_before_anything_runs(tmp_path: Path) -> None:

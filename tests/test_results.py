@@ -12,7 +12,7 @@ from bench.results import new_record, write_record
 
 
 def test_record_has_provenance_and_round_trips(tmp_path: Path) -> None:
-    record = new_record("profile", {"op": "conv", "seed": 3})
+    record = new_record("profile", {"op": "conv", "seed": 3}, "bench profile seed=3")
     record["status"] = "success"
     path = write_record(record, tmp_path)
     assert path.parent == tmp_path / "profile" and "-conv-s3-" in path.name
@@ -23,7 +23,7 @@ def test_record_has_provenance_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_interrupted_write_leaves_no_file_and_keeps_existing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = write_record(new_record("profile", {"op": "conv", "seed": 0}), tmp_path)
+    first = write_record(new_record("profile", {"op": "conv", "seed": 0}, "bench profile"), tmp_path)
     before = first.read_text()
 
     def interrupted(*args, **kwargs) -> None:
@@ -31,6 +31,6 @@ def test_interrupted_write_leaves_no_file_and_keeps_existing(tmp_path: Path, mon
 
     monkeypatch.setattr(results.json, "dump", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_record(new_record("profile", {"op": "conv", "seed": 1}), tmp_path)
+        write_record(new_record("profile", {"op": "conv", "seed": 1}, "bench profile"), tmp_path)
     assert sorted(p.name for p in (tmp_path / "profile").iterdir()) == [first.name]
     assert first.read_text() == before

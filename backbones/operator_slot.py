@@ -1,0 +1,63 @@
+"""How a backbone puts an operator into one of its spatial-conv slots, the same way in every family.
+
+A slot asks for (in_channels, out_channels, kernel_size, stride). The operator fills it directly if
+it declares what the slot needs. A strided slot whose operator cannot stride becomes 2x2 average
+pooling (ceil mode) followed by the operator at stride 1, the fallback OctConv's authors use for
+downsampling; every fallback is recorded so results can state it. A slot that needs a channel change
+the operator cannot make is refused with an error naming the backbone, the slot and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from operators.registry import OperatorError, create_op, op_info
+
+
+class PoolThenOp(nn.Module):
+    """Stride fallback: 2x2 average pooling (ceil mode, partial windows averaged) then the operator at stride 1."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+        self.op = op
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(self.pool(x))
+
+
+@dataclass
+class SlotFiller:
+    """Builds operator slots for one network and remembers the fallbacks it used."""
+
+    op: str
+    op_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    network: str = "network"
+    stride_fallbacks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.info = op_info(self.op)
+        if self.info.kind != "conv":
+            raise OperatorError(f"{self.network}: operator {self.op!r} is {self.info.kind}-kind; backbones take "
+                                "conv-kind operators (`bench list ops`)")
+
+    def __call__(self, slot: str, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1) -> nn.Module:
+        if in_channels != out_channels and not self.info.channel_change:
+            raise OperatorError(
+                f"{self.network}: slot {slot} maps {in_channels} to {out_channels} channels, but operator "
+                f"{self.op!r} preserves channels (channel_change=False)")
+        if stride > 1 and not self.info.stride:
+            self.stride_fallbacks.append(slot)
+            return PoolThenOp(create_op(self.op, in_channels, out_channels, kernel_size, 1, **self.op_kwargs))
+        return create_op(self.op, in_channels, out_channels, kernel_size, stride, **self.op_kwargs)
+
+    def metadata(self) -> dict[str, Any]:
+        """What was put where, for the model's ``op_metadata`` attribute and result records."""
+        return {"op": self.op, "op_kwargs": dict(self.op_kwargs), "op_source": self.info.source,
+                "stride_fallback": "avgpool2x2_then_op" if self.stride_fallbacks else None,
+                "stride_fallback_slots": list(self.stride_fallbacks)}
