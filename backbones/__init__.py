@@ -4,4 +4,4 @@ Importing this package registers the ``op_*`` models with timm's registry; every
 ``op`` (any registered conv-kind operator) and ``op_kwargs``.
 """
 
-from backbones import resnet  # noqa: F401  registers the models  isort: skip
+from backbones import mobilenetv2, resnet, shufflenetv2  # noqa: F401  registers the models  isort: skip

@@ -46,18 +46,38 @@ class SlotFiller:
                                 "conv-kind operators (`bench list ops`)")
 
     def __call__(self, slot: str, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1) -> nn.Module:
+                 stride: int = 1, depthwise: bool = False) -> nn.Module:
+        """The module for one slot; ``depthwise`` slots stay depthwise convs when the operator is the baseline ``conv``."""
+        if depthwise and self.op == "conv":
+            return create_op("conv", in_channels, out_channels, kernel_size, stride, groups=in_channels,
+                             **self.op_kwargs)
+        if self.info.multiscale:
+            raise OperatorError(
+                f"{self.network}: operator {self.op!r} exchanges per-scale tensors, so swapping it into single "
+                "slots would not be that operator; use a network converted for it (op_resnet* with op=octconv "
+                "builds Oct-ResNet; csnet is built from goctconv)")
         if in_channels != out_channels and not self.info.channel_change:
             raise OperatorError(
                 f"{self.network}: slot {slot} maps {in_channels} to {out_channels} channels, but operator "
                 f"{self.op!r} preserves channels (channel_change=False)")
-        if stride > 1 and not self.info.stride:
+        op_stride = stride if self.info.stride else 1
+        try:
+            op = create_op(self.op, in_channels, out_channels, kernel_size, op_stride, **self.op_kwargs)
+        except OperatorError as err:
+            raise OperatorError(f"{self.network}: slot {slot} ({in_channels} channels, {kernel_size}x{kernel_size}, "
+                                f"stride {stride}): {err}") from None
+        if op_stride != stride:
             self.stride_fallbacks.append(slot)
-            return PoolThenOp(create_op(self.op, in_channels, out_channels, kernel_size, 1, **self.op_kwargs))
-        return create_op(self.op, in_channels, out_channels, kernel_size, stride, **self.op_kwargs)
+            return PoolThenOp(op)
+        return op
 
     def metadata(self) -> dict[str, Any]:
         """What was put where, for the model's ``op_metadata`` attribute and result records."""
         return {"op": self.op, "op_kwargs": dict(self.op_kwargs), "op_source": self.info.source,
                 "stride_fallback": "avgpool2x2_then_op" if self.stride_fallbacks else None,
                 "stride_fallback_slots": list(self.stride_fallbacks)}
+
+
+def operator_module_ids(model: nn.Module) -> set[int]:
+    """ids of every module inside a registered operator instance, which keeps its paper's own initialisation."""
+    return {id(sub) for m in model.modules() if getattr(m, "bench_op", None) is not None for sub in m.modules()}

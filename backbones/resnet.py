@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from backbones.operator_slot import SlotFiller
+from backbones.operator_slot import SlotFiller, operator_module_ids
 from operators.octconv import OctConv
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -121,7 +122,7 @@ class OctBlock(nn.Module):
         self.norms = nn.ModuleList(OctNorm(conv.out_scales, act=i < len(specs) - 1)
                                    for i, conv in enumerate(self.convs))
         self.downsample = None
-        if stride != 1 or in_channels != out:
+        if stride != 1 or in_channels != out or alpha_in != alpha_out:  # also where octave layout changes
             proj = OctConv(in_channels, out, 1, stride, alpha_in, alpha_out)
             self.downsample = nn.Sequential(proj, OctNorm(proj.out_scales, act=False))
 
@@ -137,7 +138,7 @@ class ResNet(nn.Module):
 
     def __init__(self, block: str, layers: Sequence[int], op: str = "conv", op_kwargs: Mapping[str, Any] | None = None,
                  num_classes: int = 1000, in_chans: int = 3, cifar_stem: bool = False, alpha: float = 0.5,
-                 global_pool: str = "avg", drop_rate: float = 0.0, **unused: Any) -> None:
+                 global_pool: str = "avg", drop_rate: float = 0.0, name: str = "resnet", **unused: Any) -> None:
         super().__init__()
         bottleneck = block == "bottleneck"
         block_cls = Bottleneck if bottleneck else BasicBlock
@@ -154,7 +155,7 @@ class ResNet(nn.Module):
         self.bn1 = _bn(stem)
         self.act1 = nn.ReLU(inplace=True)
         octave = op == "octconv"
-        fill = SlotFiller(op, op_kwargs or {}, network=f"resnet ({block})")
+        fill = SlotFiller(op, op_kwargs or {}, network=name)
         channels, reduction = stem, 1 if cifar_stem else 4
         self.feature_info = [dict(num_chs=stem, reduction=reduction // 2 if not cifar_stem else 1, module="act1")]
         alpha = float((op_kwargs or {}).get("alpha", alpha)) if octave else 0.0
@@ -162,18 +163,18 @@ class ResNet(nn.Module):
             stride = 1 if s == 0 else 2
             blocks = []
             for b in range(depth):
-                name = f"layer{s + 1}.{b}"
+                slot = f"layer{s + 1}.{b}"
                 if octave:
                     last_stage = s == len(widths) - 1
                     a_in = 0.0 if (s == 0 and b == 0) or (last_stage and b > 0) else alpha
                     a_out = 0.0 if last_stage else alpha
                     if last_stage and b > 0:
-                        blocks.append(block_cls(SlotFiller("conv", {}, "oct-resnet"), name, channels, width))
+                        blocks.append(block_cls(SlotFiller("conv", {}, f"oct-{name}"), slot, channels, width))
                     else:
                         blocks.append(OctBlock(bottleneck, channels, width, stride if b == 0 else 1, a_in, a_out,
                                                alpha))
                 else:
-                    blocks.append(block_cls(fill, name, channels, width, stride if b == 0 else 1))
+                    blocks.append(block_cls(fill, slot, channels, width, stride if b == 0 else 1))
                 channels = width * expansion
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
             reduction *= stride
@@ -187,14 +188,11 @@ class ResNet(nn.Module):
 
     def _init_weights(self) -> None:
         """torchvision's init for the network's own layers; operators keep the init their paper specifies."""
-        inside_ops = {id(sub) for m in self.modules() if getattr(m, "bench_op", None) is not None
-                      and not isinstance(m, nn.Conv2d) for sub in m.modules()}
+        inside_ops = operator_module_ids(self)
         for m in self.modules():
-            if id(m) in inside_ops:
-                continue
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and id(m) not in inside_ops:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.BatchNorm2d) and id(m) not in inside_ops:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -210,15 +208,14 @@ class ResNet(nn.Module):
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
         """Stem and stage outputs (timm's feature API); octave stages are merged into one full-width tensor."""
         count = self.num_stages + 1
-        take = set(range(count)) if indices is None else (
-            set(range(count - indices, count)) if isinstance(indices, int) else {i % count for i in indices})
+        take, max_index = feature_take_indices(count, indices)
         feats = []
         x = self.act1(self.bn1(self.conv1(x)))
         if 0 in take:
             feats.append(x)
         x = self.maxpool(x)
         for s in range(1, count):
-            if stop_early and s > max(take):
+            if stop_early and s > max_index:
                 break
             x = getattr(self, f"layer{s}")(x)
             if s in take:
@@ -270,8 +267,9 @@ default_cfgs = generate_default_cfgs({
 def _create(variant: str, block: str, layers: Sequence[int], pretrained: bool = False, **kwargs: Any) -> ResNet:
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights ship with bench (offline suite); use pretrained=False")
-    return build_model_with_cfg(ResNet, variant, pretrained, block=block, layers=layers,
-                                feature_cfg=dict(feature_cls="getter"), **kwargs)
+    features = tuple(range(len(layers) + 1))  # stem, then every stage
+    return build_model_with_cfg(ResNet, variant, pretrained, block=block, layers=layers, name=variant,
+                                feature_cfg=dict(feature_cls="getter", out_indices=features), **kwargs)
 
 
 @register_model

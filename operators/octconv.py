@@ -46,7 +46,7 @@ def _out_or_tuple(outputs: list[Tensor | None]) -> MultiScale:
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-@register_op("octconv", kind="conv", paper="Drop an Octave (Chen et al., ICCV 2019)")
+@register_op("octconv", kind="conv", paper="Drop an Octave (Chen et al., ICCV 2019)", multiscale=True)
 class OctConv(nn.Module):
     """Octave convolution with high (full-res) and low (half-res) frequency groups.
 
@@ -108,7 +108,7 @@ class OctConv(nn.Module):
 
 
 @register_op("goctconv", kind="conv", paper="Highly Efficient Salient Object Detection with 100K Parameters "
-             "(Gao et al., ECCV 2020)")
+             "(Gao et al., ECCV 2020)", multiscale=True)
 class GOctConv(nn.Module):
     """Generalized OctConv: any number of scales in and out, per-scale channel ratios, optional cross-scale paths.
 

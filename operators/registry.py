@@ -44,6 +44,8 @@ class OpInfo:
     """Accepts ``out_channels != in_channels`` (conv kind only)."""
     guide: bool = False
     """Accepts a guidance feature (upsample kind only)."""
+    multiscale: bool = False
+    """Takes and returns per-scale tensors (OctConv-style); needs a network built for it."""
     jit_trace: bool = True
     compile: bool = True
     macs: MacFormula | None = None
@@ -59,6 +61,7 @@ class OpInfo:
         conv = self.kind == "conv"
         flags = {"stride": self.stride and conv, "dilation": self.dilation and conv,
                  "channel change": self.channel_change and conv, "guide": self.guide and not conv,
+                 "multi-scale": self.multiscale,
                  "jit.trace": self.jit_trace, "compile": self.compile}
         return [label for label, on in flags.items() if on]
 

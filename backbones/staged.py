@@ -1,0 +1,62 @@
+"""A backbone as a list of stages plus a head, with timm's classifier and feature-extraction API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+
+class StagedNet(nn.Module):
+    """``stages`` (each halving resolution or more; their outputs are the features) -> ``final`` -> pool -> classifier.
+
+    Subclasses build ``self.stages``, ``self.final`` and ``self.feature_info``, then call :meth:`finish`.
+    """
+
+    stages: nn.ModuleList
+    final: nn.Module
+
+    def finish(self, num_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0) -> None:
+        self.num_features, self.num_classes, self.drop_rate = num_features, num_classes, drop_rate
+        self.grad_checkpointing = False
+        self.reset_classifier(num_classes, global_pool)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Stage outputs for timm's ``features_only`` (feature_cls="getter")."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > max_index:
+                break
+            x = stage(x)
+            if i in take:
+                feats.append(x)
+        if intermediates_only:
+            return feats
+        return self.final(x), feats
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.final(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,89 @@
+"""Backbones: timm integration, fidelity to the reference networks, and every operator in every backbone."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import backbones  # noqa: F401  registers the models
+from operators import OperatorError, list_ops
+
+SMALL = {"op_resnet18": 32, "op_resnet50": 32, "op_resnet20": 16, "op_mobilenetv2": 32, "op_shufflenetv2": 32,
+         "snet49": 32}
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet101"])
+def test_conv_resnet_equals_timm_parameter_count(name: str) -> None:
+    assert params(timm.create_model(f"op_{name}", op="conv")) == params(timm.create_model(name))
+
+
+def test_parameter_counts_match_the_papers() -> None:
+    assert params(timm.create_model("op_resnet50")) == 25_557_032
+    assert round(params(timm.create_model("op_resnet50", op="ddf")) / 1e6, 1) == 16.8
+    assert round(params(timm.create_model("op_resnet101", op="ddf")) / 1e6, 1) == 28.1
+    assert params(timm.create_model("op_mobilenetv2")) == pytest.approx(3.5e6, rel=0.02)
+    assert params(timm.create_model("op_shufflenetv2")) == pytest.approx(2.28e6, rel=0.02)
+    oct_r50 = timm.create_model("op_resnet50", op="octconv")
+    assert params(oct_r50) == 25_557_032  # octave convs split channels, they do not add weights
+
+
+def test_timm_api_features_and_data_config() -> None:
+    assert {"op_resnet50", "op_resnet20", "op_mobilenetv2", "op_shufflenetv2"} <= set(timm.list_models("op_*"))
+    m = timm.create_model("op_resnet50", op="ddf", num_classes=10)
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert timm.data.resolve_data_config({}, model=m)["input_size"] == (3, 224, 224)
+    assert timm.data.resolve_data_config({}, model=timm.create_model("op_resnet20"))["input_size"] == (3, 32, 32)
+    f = timm.create_model("op_resnet50", op="ddf", features_only=True, out_indices=(1, 2, 3, 4))
+    feats = f(torch.randn(1, 3, 65, 65))
+    assert [t.shape[1] for t in feats] == f.feature_info.channels() == [256, 512, 1024, 2048]
+    assert [t.shape[-1] for t in feats] == [17, 9, 5, 3]
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("op_resnet50", pretrained=True)
+
+
+def test_octresnet_structure_follows_the_paper() -> None:
+    m = timm.create_model("op_resnet50", op="octconv", op_kwargs={"alpha": 0.25})
+    first, stage4_first, stage4_rest = m.layer1[0], m.layer4[0], m.layer4[1]
+    assert first.convs[0].in_scales == [64]  # alpha_in = 0: takes the plain stem output
+    assert first.convs[0].out_scales == [48, 16]  # alpha 0.25
+    assert stage4_first.convs[-1].out_scales == [2048]  # alpha_out = 0: returns a plain tensor
+    assert type(stage4_rest).__name__ == "Bottleneck"  # the rest of stage 4 is plain
+    assert first.downsample[0].out_scales == [192, 64]  # the projection is octave too
+    y = m(torch.randn(1, 3, 63, 63))  # sizes not divisible by 32 work
+    assert y.shape == (1, 1000)
+    assert m.op_metadata["octave_alpha"] == 0.25
+
+
+def test_stride_fallback_is_recorded() -> None:
+    m = timm.create_model("op_resnet50", op="scconv")
+    assert m.op_metadata["stride_fallback"] == "avgpool2x2_then_op"
+    assert m.op_metadata["stride_fallback_slots"] == ["layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"]
+    assert timm.create_model("op_resnet50", op="ddf").op_metadata["stride_fallback"] is None
+
+
+def test_depthwise_slots_stay_depthwise_for_the_baseline() -> None:
+    m = timm.create_model("op_mobilenetv2")
+    assert m.stages[1][0].spatial[0].groups == 96
+    assert timm.create_model("snet49").stages[1][1].branch2[1].kernel_size == (5, 5)
+
+
+@pytest.mark.parametrize("op", list_ops("conv"))
+@pytest.mark.parametrize("name", list(SMALL))
+def test_every_operator_in_every_backbone(name: str, op: str) -> None:
+    """Each pair builds and trains a step on a small input, or refuses saying which slot and why."""
+    try:
+        model = timm.create_model(name, op=op, num_classes=5)
+    except OperatorError as err:
+        message = str(err)
+        assert name in message and op in message or "slot" in message, message
+        return
+    x = torch.randn(2, 3, SMALL[name], SMALL[name])
+    y = model(x)
+    assert y.shape == (2, 5) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
