@@ -7,16 +7,18 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.config import ConfigError, compose, config_groups, expand_sweeps
+from bench.config import ConfigError, compose, config_groups, expand_all_ops, expand_sweeps
 from operators.registry import OperatorError
 
 console = Console()
@@ -26,16 +28,18 @@ USAGE_EXIT = 2
 
 
 def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: bool,
-                 fixed: Sequence[str] = ()) -> int:
+                 fixed: Sequence[str] = (), json_path: str | None = None) -> int:
     from bench.runner import run
 
+    overrides, all_ops = expand_all_ops(overrides)
+    multirun = multirun or all_ops
     sweep = expand_sweeps(overrides) if multirun else [overrides]
     configs = [compose("run", [*fixed, *ov]) for ov in sweep]  # validate every job before running any
     if show_cfg:
         for cfg in configs:
             console.print(OmegaConf.to_yaml(cfg), end="", markup=False, highlight=False)
         return 0
-    failed = 0
+    failed, done = 0, []
     for index, cfg in enumerate(configs):
         if multirun:
             console.rule(f"job {index + 1}/{len(configs)}: {' '.join(sweep[index])}")
@@ -43,22 +47,37 @@ def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: b
             record, path = run(cfg, shlex.join(["bench", command, *sweep[index]]))
         except ConfigError:
             raise
+        except OperatorError as err:
+            if not multirun:
+                raise
+            errors.print(f"[yellow]skipped[/yellow]: {escape(str(err))}")  # a pairing that cannot be built
+            continue
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
             errors.print(f"[red]job failed[/red]: {escape(f'{type(err).__name__}: {err}')} (recorded as status=failed)")
             failed += 1
             continue
         _print_summary(record, path)
+        done.append(record)
+    if json_path:
+        Path(json_path).write_text(json.dumps(done if multirun else done[0], indent=2, sort_keys=True) + "\n")
+        console.print(f"json: {json_path}", markup=False, highlight=False)
     return 1 if failed else 0
 
 
 def _print_summary(record: dict, path) -> None:
-    table = Table(title=f"{record['task']}: op={record['config'].get('op')}", show_header=True)
+    config = record["config"]
+    title = f"{record['task']}: op={config.get('op')}" + (f" backbone={config['backbone']}" if config.get("backbone")
+                                                          else "")
+    table = Table(title=title, show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in {**record.get("metrics", {}), **record.get("cost", {})}.items():
-        if value is None:
+        if value is None or isinstance(value, dict):
             continue
-        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown = str(value)
+        else:
+            shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
         table.add_row(key, shown)
     table.add_row("hardware", record.get("hardware", {}).get("label", "?"))
     table.add_row("wall time (s)", f"{record['wall_time_s']:.1f}")
@@ -124,11 +143,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         names = list_tasks()
     elif args.what == "backbones":
-        import timm
+        from backbones import list_backbones
 
-        import backbones  # noqa: F401  registers the op_* models with timm
-
-        names = timm.list_models("op_*")
+        names = list_backbones()
     else:
         names = config_groups().get(args.what, [])
     for name in names:
@@ -143,11 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "convolution operators.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run a task: bench run task=profile op=ddf seed=0"),
-                            ("profile", "profile an operator: bench profile op=ddf task.size=56")):
+                            ("profile", "profile an operator or a backbone: bench profile backbone=resnet50 op=ddf")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (Hydra syntax)")
         p.add_argument("-m", "--multirun", action="store_true", help="sweep: op=conv,ddf seed=0,1,2")
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        p.add_argument("--json", metavar="FILE", help="also write the result record(s) to FILE")
     p = sub.add_parser("check", help="operator conformance suite: bench check op=NAME")
     p.add_argument("overrides", nargs="*", help="op=NAME [channels=16] [size=9]")
     p.add_argument("--all", action="store_true", help="check every registered operator")
@@ -161,9 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run_configs("run", args.overrides, args.multirun, args.cfg)
+            return _run_configs("run", args.overrides, args.multirun, args.cfg, json_path=args.json)
         if args.command == "profile":
-            return _run_configs("profile", args.overrides, args.multirun, args.cfg, fixed=["task=profile"])
+            return _run_configs("profile", args.overrides, args.multirun, args.cfg, fixed=["task=profile"],
+                                json_path=args.json)
         if args.command == "check":
             return cmd_check(args)
         return cmd_list(args)

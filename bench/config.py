@@ -121,14 +121,25 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
             cfg = hydra_compose(config_name=config_name, overrides=group_lines + lines)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err)) from None
-    if "op" in cfg:
+    if "op" in cfg and cfg.op not in (available := list_ops()):
+        raise ConfigError(unknown_name_message("operator", str(cfg.op), available))
+    if cfg.get("backbone"):
+        from backbones import model_name
+
         try:
-            list_ops()
-            if cfg.op not in list_ops():
-                raise ConfigError(unknown_name_message("operator", str(cfg.op), list_ops()))
+            model_name(cfg.backbone)
         except OperatorError as err:
             raise ConfigError(str(err)) from None
     return cfg
+
+
+def expand_all_ops(overrides: list[str]) -> tuple[list[str], bool]:
+    """Replace ``op=all`` by every operator that fits (conv kind when a backbone is named); True if replaced."""
+    if "op=all" not in overrides:
+        return overrides, False
+    with_backbone = any(o.startswith("backbone=") and o != "backbone=null" for o in overrides)
+    ops = list_ops("conv" if with_backbone else None)
+    return [f"op={','.join(ops)}" if o == "op=all" else o for o in overrides], True
 
 
 def _explain(err: Exception) -> str:

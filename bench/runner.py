@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import ConfigError
+from operators.registry import OperatorError
 from bench.results import new_record, write_record
 from tasks import get_task
 
@@ -26,8 +27,8 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path]:
     try:
         record.update(task(cfg))
         record["status"] = "success"
-    except ConfigError:
-        raise  # a mistake in the request, not a result
+    except (ConfigError, OperatorError):
+        raise  # a request that cannot be built (mistake or refused pairing), not a result
     except Exception as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}",
                       wall_time_s=round(time.perf_counter() - start, 3))

@@ -16,10 +16,10 @@ class ProfileTaskConfig:
     batch: int = 8
     channels: int = 256
     out_channels: Optional[int] = None
-    size: int = 28
+    size: Optional[int] = None
     kernel_size: int = 3
     stride: int = 1
-    channels_last: bool = False
+    channels_last: bool = True
     device: str = "cpu"
     threads: Optional[int] = None
     warmup: int = 5
@@ -33,6 +33,7 @@ class RunConfig:
 
     task: Any = None
     op: str = "conv"
+    backbone: Optional[str] = None
     op_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     results_dir: str = "leaderboards/results"

@@ -1,24 +1,31 @@
-"""The `profile` task: cost of one operator at one input shape (params, MACs, latency, memory).
+"""The `profile` task: what an operator costs, bare or inside a backbone.
 
-`bench profile op=ddf` (or `bench run task=profile op=ddf`) measures what an operator costs before
-it is put into a network; every figure lands in a result record with its hardware.
+`bench profile op=ddf` measures the operator alone at one input shape; `bench profile
+backbone=resnet50 op=ddf` measures the whole network: parameters, MACs per image (operators' own
+formulas), batch-1 latency (median and IQR), throughput at a larger batch, train step time and
+activation memory, all on the current device and recorded with it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
+from timm.data import resolve_data_config
 
 from bench.config import ConfigError
-from bench.profile import profile_module
+from bench.profile import Profile, map_tensors, profile_module
 from bench.results import hardware
 from operators.registry import create_op, create_upsampler, example_input, op_info
 from tasks import register_task
 
+OPERATOR_SIZE = 28
+"""Default spatial size of bare-operator profiles (the DDF paper's timing protocol at 256 channels)."""
 
-def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, list]:
+
+def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
     """The operator named by ``cfg.op`` and a random input of the configured shape (per scale if multi-scale)."""
     t = cfg.task
     kwargs = OmegaConf.to_container(cfg.op_kwargs, resolve=True)
@@ -27,28 +34,56 @@ def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, list]:
                            stride=t.stride, **kwargs)
     else:
         module = create_upsampler(cfg.op, t.channels, **kwargs)
-    x = example_input(module, t.batch, t.channels, t.size)
-    if t.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-        x = _to_channels_last(x)
-    return module, [x]
+    return module, example_input(module, t.batch, t.channels, t.size or OPERATOR_SIZE)
 
 
-def _to_channels_last(x):
-    if isinstance(x, torch.Tensor):
-        return x.contiguous(memory_format=torch.channels_last)
-    return tuple(_to_channels_last(t) if t is not None else None for t in x)
+def build_backbone(cfg: DictConfig) -> tuple[torch.nn.Module, int]:
+    """The backbone with ``cfg.op`` in its slots, and its input size (the model's own unless task.size is set)."""
+    from backbones import model_name
+
+    kwargs = OmegaConf.to_container(cfg.op_kwargs, resolve=True)
+    model = timm.create_model(model_name(cfg.backbone), op=cfg.op, op_kwargs=kwargs)
+    size = cfg.task.size or resolve_data_config({}, model=model)["input_size"][-1]
+    return model, size
+
+
+def _layout(model: torch.nn.Module, x: Any, channels_last: bool) -> tuple[torch.nn.Module, Any]:
+    if not channels_last:
+        return model, x
+    return (model.to(memory_format=torch.channels_last),
+            map_tensors(lambda t: t.contiguous(memory_format=torch.channels_last), x))
+
+
+def _profile_backbone(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    t = cfg.task
+    model, size = build_backbone(cfg)
+    model, one = _layout(model, torch.randn(1, 3, size, size), t.channels_last)
+    _, many = _layout(model, torch.randn(t.batch, 3, size, size), t.channels_last)
+    single = profile_module(model, [one], device=device, warmup=t.warmup, iters=t.iters, train=False)
+    batched = profile_module(model, [many], device=device, warmup=t.warmup, iters=max(3, t.iters // 3),
+                             train=t.train)
+    return {
+        "params": single.params, "macs_per_sample": single.macs, "input_shape": [3, size, size],
+        "latency_ms": single.latency_ms, "latency_iqr_ms": single.latency_iqr_ms, "latency_batch": 1,
+        "throughput_per_s": batched.throughput_per_s, "throughput_batch": t.batch,
+        "train_step_ms": batched.train_step_ms, "saved_activation_mb": batched.saved_activation_mb,
+        "peak_memory_mb": batched.peak_memory_mb, "channels_last": t.channels_last,
+    }, model.op_metadata
 
 
 @register_task("profile")
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Profile ``cfg.op``; returns the cost figures and the hardware they were measured on."""
+    """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
     t = cfg.task
     if t.threads:
         torch.set_num_threads(t.threads)
     device = torch.device(t.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"task.device={t.device} but torch sees no CUDA device here; use task.device=cpu.")
-    module, inputs = build_operator(cfg)
-    cost = profile_module(module, inputs, device=device, warmup=t.warmup, iters=t.iters, train=t.train)
-    return {"metrics": {}, "cost": cost.to_dict(), "hardware": hardware(t.device)}
+    if cfg.backbone:
+        cost, metadata = _profile_backbone(cfg, device)
+        return {"metrics": {}, "cost": cost, "op_metadata": metadata, "hardware": hardware(t.device)}
+    module, x = build_operator(cfg)
+    module, x = _layout(module, x, t.channels_last)
+    prof: Profile = profile_module(module, [x], device=device, warmup=t.warmup, iters=t.iters, train=t.train)
+    return {"metrics": {}, "cost": {**prof.to_dict(), "channels_last": t.channels_last}, "hardware": hardware(t.device)}

@@ -1,0 +1,59 @@
+"""Render `bench profile backbone=... op=all --json FILE` records as the README's Markdown table.
+
+Usage: python benchmarks/readme_table.py FILE [--readme README.md]
+Prints the table; with --readme, replaces the block between the `<!-- profile-table -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+START, END = "<!-- profile-table -->", "<!-- /profile-table -->"
+
+
+def render(records: list[dict]) -> str:
+    """One row per operator, with latency relative to the `conv` row measured in the same process."""
+    by_op = {r["config"]["op"]: r for r in records if r["status"] == "success"}
+    base = by_op.get("conv")
+    first = next(iter(by_op.values()))
+    cfg, hw = first["config"], first["hardware"]
+    lines = [
+        f"`{first['provenance']['command'].split(' op=')[0]} op=all` on {hw['label']}, "
+        f"{cfg['backbone']} at {first['cost']['input_shape'][-1]}x{first['cost']['input_shape'][-1]}, "
+        f"channels-last={first['cost']['channels_last']}, torch {first['provenance']['versions'].get('torch')}:",
+        "",
+        "| op | params (M) | GMACs | latency b1 (ms, median +/- IQR) | vs conv | throughput b"
+        f"{first['cost']['throughput_batch']} (img/s) | train step (ms) | activations (MB) | stride fallback |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for op, r in by_op.items():
+        c = r["cost"]
+        ratio = f"{c['latency_ms'] / base['cost']['latency_ms']:.2f}x" if base else "-"
+        fallback = "avg-pool" if r.get("op_metadata", {}).get("stride_fallback") else "-"
+        lines.append(f"| {op} | {c['params'] / 1e6:.2f} | {c['macs_per_sample'] / 1e9:.2f} | "
+                     f"{c['latency_ms']:.1f} +/- {c['latency_iqr_ms']:.1f} | {ratio} | {c['throughput_per_s']:.1f} | "
+                     f"{c['train_step_ms']:.0f} | {c['saved_activation_mb']:.0f} | {fallback} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", help="JSON list written by bench profile --json")
+    parser.add_argument("--readme", help="README to update in place")
+    args = parser.parse_args()
+    table = render(json.loads(Path(args.records).read_text()))
+    print(table)
+    if args.readme:
+        readme = Path(args.readme)
+        text = readme.read_text()
+        if START not in text:
+            raise SystemExit(f"{readme} has no {START} ... {END} block to replace")
+        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+        readme.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+
+
+if __name__ == "__main__":
+    main()
