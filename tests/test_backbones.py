@@ -10,7 +10,7 @@ import backbones  # noqa: F401  registers the models
 from operators import OperatorError, list_ops
 
 SMALL = {"op_resnet18": 32, "op_resnet50": 32, "op_resnet20": 16, "op_mobilenetv2": 32, "op_shufflenetv2": 32,
-         "snet49": 32}
+         "snet49": 32, "xception_a": 32, "csnet": 32}
 
 
 def params(model: torch.nn.Module) -> int:
@@ -84,6 +84,33 @@ def test_every_operator_in_every_backbone(name: str, op: str) -> None:
         return
     x = torch.randn(2, 3, SMALL[name], SMALL[name])
     y = model(x)
-    assert y.shape == (2, 5) and torch.isfinite(y).all()
+    assert y.shape == ((2, 1, *x.shape[-2:]) if name == "csnet" else (2, 5))  # csnet predicts a saliency map
+    assert torch.isfinite(y).all()
     y.square().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_xception_a_follows_dfanet_table() -> None:
+    m = timm.create_model("xception_a", features_only=True)
+    assert m.feature_info.channels() == [8, 48, 96, 192]
+    assert m.feature_info.reduction() == [2, 4, 8, 16]
+    full = timm.create_model("xception_a")
+    assert [len(s) for s in full.stages[1:]] == [4, 6, 4]
+    assert full.final.fc.out_features == 1000  # fc attention through a 1000-way layer
+    assert full.stages[1][0].convs[0].spatial.groups == 8  # separable: depthwise 3x3 in the baseline
+
+
+def test_csnet_size_structure_and_pruned_rebuild() -> None:
+    net = timm.create_model("csnet")
+    assert 90_000 <= params(net) <= 120_000
+    assert [len(s) for s in net.stages] == [3, 4, 6, 4]
+    block = net.stages[1][1]
+    assert block.octave.conv.cross_scale and not block.depthwise[0].conv.cross_scale
+    assert net(torch.randn(1, 3, 45, 61)).shape == (1, 1, 45, 61)
+    pruned_plan = [[(10, 6)] * 3, [(20, 14), (18, 12), (18, 12), (16, 16)], [(30, 20)] * 6, [(40, 24)] * 4]
+    pruned = timm.create_model("csnet", block_widths=pruned_plan)
+    assert pruned.stages[1][0].octave.out_scales == [20, 14]
+    assert params(pruned) < params(net)
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+    with pytest.raises(OperatorError, match="no slot for operator"):
+        timm.create_model("csnet", op="ddf")
