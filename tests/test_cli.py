@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli import main
+from operators import register_op
 
 TINY = ["task.batch=1", "task.channels=4", "task.size=6", "task.warmup=0", "task.iters=2"]
 
@@ -81,11 +83,24 @@ def test_bad_job_in_a_sweep_is_rejected_before_anything_runs(tmp_path: Path) -> 
     assert not records(tmp_path)
 
 
-def test_failed_run_is_recorded_and_exits_1(tmp_path: Path) -> None:
-    # kernel_size=2 is refused by the operator at build time: a failed run, not a config mistake
-    assert main(["profile", "op=conv", "task.kernel_size=2", f"results_dir={tmp_path}", *TINY]) == 1
+def test_failed_run_is_recorded_and_exits_1(tmp_path: Path, restore_registry: None) -> None:
+    @register_op("explodes", kind="conv", macs=lambda m, x: 0)
+    class Explodes(torch.nn.Conv2d):
+        def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1) -> None:
+            super().__init__(cin, cout, kernel_size, stride, kernel_size // 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("CUDA kernel not available")
+
+    assert main(["profile", "op=explodes", f"results_dir={tmp_path}", *TINY]) == 1
     (record,) = records(tmp_path)
-    assert record["status"] == "failed" and "kernel_size must be odd" in record["error"]
+    assert record["status"] == "failed" and "CUDA kernel not available" in record["error"]
+
+
+def test_refused_request_exits_2_without_a_record(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["profile", "op=conv", "task.kernel_size=2", f"results_dir={tmp_path}", *TINY]) == 2
+    assert "kernel_size must be odd" in capsys.readouterr().err
+    assert not records(tmp_path)
 
 
 def test_console_script_exit_code_and_no_traceback() -> None:
