@@ -50,7 +50,8 @@ def _out_or_tuple(outputs: list[Tensor | None]) -> MultiScale:
 class OctConv(nn.Module):
     """Octave convolution with high (full-res) and low (half-res) frequency groups.
 
-    H->H conv; H->L 2x2 average pool then conv; L->L conv; L->H conv then nearest x2.
+    H->H conv; H->L 2x2 average pool then conv; L->L conv; L->H conv then nearest x2 (the L->H and
+    L->L convs share their input and run as one conv, ``from_low``, whose output is split).
     Stride 2 average-pools both inputs first. ``alpha_in=0`` takes a plain tensor and
     ``alpha_out=0`` returns one (the first and last layers of an Oct-network).
     """
@@ -70,7 +71,8 @@ class OctConv(nn.Module):
 
         (hi_in, lo_in), (hi_out, lo_out) = self.in_scales, self.out_scales
         self.h2h, self.h2l = conv(hi_in, hi_out), conv(hi_in, lo_out)
-        self.l2h, self.l2l = conv(lo_in, hi_out), conv(lo_in, lo_out)
+        # L->H and L->L read the same input: one conv computes both (split after), one launch instead of two
+        self.from_low = conv(lo_in, hi_out + lo_out)
         if self.in_scales[1] == 0:
             self.in_scales = self.in_scales[:1]
         if self.out_scales[1] == 0:
@@ -79,16 +81,16 @@ class OctConv(nn.Module):
     def forward(self, x: MultiScale) -> MultiScale:
         x_h, x_l = (_as_scales(x, len(self.in_scales)) + [None])[:2]
         x_h = _avg_pool(x_h, self.stride)
-        x_l = _avg_pool(x_l, self.stride) if x_l is not None else None
         y_h = self.h2h(x_h)
-        if self.l2h is not None:
-            y_h = y_h + F.interpolate(self.l2h(x_l), size=y_h.shape[-2:], mode="nearest")
+        if self.from_low is not None:
+            x_l = _avg_pool(x_l, self.stride)
+            low_h, low_l = self.from_low(x_l).split([self.out_scales[0], self.from_low.out_channels
+                                                     - self.out_scales[0]], dim=1)
+            y_h = y_h + F.interpolate(low_h, size=y_h.shape[-2:], mode="nearest")
         if len(self.out_scales) == 1:
             return y_h
         y_l = self.h2l(_avg_pool(x_h, 2))
-        if self.l2l is not None:
-            y_l = y_l + self.l2l(x_l)
-        return y_h, y_l
+        return y_h, (y_l + low_l if self.from_low is not None else y_l)
 
     def macs(self, x: MultiScale) -> int:
         x_h, x_l = (_as_scales(x, len(self.in_scales)) + [None])[:2]
@@ -98,12 +100,10 @@ class OctConv(nn.Module):
         total = conv_macs(self.h2h, (n, 0, h, w))
         if self.stride > 1:  # average pooling: one accumulation per input value
             total += x_h.numel() + (x_l.numel() if x_l is not None else 0)
-        if self.l2h is not None:
-            total += conv_macs(self.l2h, low)
+        if self.from_low is not None:
+            total += conv_macs(self.from_low, low)
         if self.h2l is not None:
             total += conv_macs(self.h2l, low) + n * self.in_scales[0] * h * w
-        if self.l2l is not None:
-            total += conv_macs(self.l2l, low)
         return total
 
 

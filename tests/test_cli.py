@@ -116,3 +116,30 @@ def test_profile_multiscale_operator_in_channels_last(tmp_path: Path) -> None:
     (record,) = records(tmp_path)
     assert record["cost"]["input_shape"] == [[1, 2, 7, 7], [1, 2, 4, 4]]
     assert record["cost"]["macs"] > 0
+
+
+def test_profile_backbone_records_latency_throughput_and_placement(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    args = ["profile", "backbone=resnet20", "op=scconv", "task.batch=2", "task.warmup=0", "task.iters=3",
+            f"results_dir={tmp_path}", "--json", str(out)]
+    assert main(args) == 0
+    (record,) = records(tmp_path)
+    assert json.loads(out.read_text()) == record
+    cost = record["cost"]
+    assert cost["input_shape"] == [3, 32, 32] and cost["latency_batch"] == 1 and cost["throughput_batch"] == 2
+    assert cost["macs_per_sample"] > 0 and cost["latency_ms"] > 0 and cost["train_step_ms"] > 0
+    assert record["op_metadata"]["stride_fallback_slots"] == []  # resnet20's strided convs are not operator slots
+
+
+def test_profile_op_all_sweeps_and_skips_what_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["profile", "backbone=resnet20", "op=all", "task.batch=2", "task.size=16", "task.warmup=0",
+            "task.iters=2", "task.train=false", f"results_dir={tmp_path}"]
+    assert main(args) == 0
+    ops = {r["config"]["op"] for r in records(tmp_path)}
+    assert {"conv", "ddf", "octconv", "scconv", "dwconv"} <= ops and "goctconv" not in ops
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_unknown_backbone_is_explained(capsys: pytest.CaptureFixture) -> None:
+    assert main(["profile", "backbone=resnet5"]) == 2
+    assert "Did you mean 'resnet56'?" in " ".join(capsys.readouterr().err.split())

@@ -11,13 +11,23 @@ from bench.profile import counter_macs
 from operators import OperatorError, create_op
 
 
-def _zero_except(module: nn.Module, keep: str, identity: bool = True) -> None:
-    """Zero every path's weights except ``keep``, which becomes an identity 1x1 map if asked."""
+def _zero_except(module: nn.Module, keep: str, rows: slice = slice(None)) -> None:
+    """Zero every path's weights except ``keep`` (output ``rows`` of it), which becomes an identity 1x1 map."""
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.zero_()
-            if identity and name.startswith(keep) and p.dim() == 4:
-                p[:, :, p.shape[2] // 2, p.shape[3] // 2] = torch.eye(p.shape[0], p.shape[1])
+            if name.startswith(keep) and p.dim() == 4:
+                block = p[rows, :, p.shape[2] // 2, p.shape[3] // 2]
+                block.copy_(torch.eye(block.shape[0], block.shape[1]))
+
+
+def test_fused_low_conv_is_the_two_paper_paths() -> None:
+    """from_low = [L->H ; L->L]: zeroing one half leaves exactly the other path."""
+    m = create_op("octconv", 4, 4, kernel_size=1)
+    x_h, x_l = torch.randn(1, 2, 6, 6), torch.randn(1, 2, 3, 3)
+    _zero_except(m, "from_low", rows=slice(2, 4))  # only L->L
+    y_h, y_l = m((x_h, x_l))
+    assert torch.equal(y_h, torch.zeros_like(y_h)) and torch.allclose(y_l, x_l)
 
 
 def test_alpha_zero_equals_plain_conv() -> None:
@@ -40,8 +50,9 @@ def test_first_middle_last_layers_and_odd_sizes() -> None:
 def test_low_to_high_is_nearest_and_high_to_low_is_average_pool() -> None:
     m = create_op("octconv", 4, 4, kernel_size=1)
     x_h, x_l = torch.randn(1, 2, 7, 7), torch.randn(1, 2, 4, 4)
-    _zero_except(m, "l2h")
-    y_h, _ = m((x_h, x_l))
+    _zero_except(m, "from_low", rows=slice(0, 2))  # the L->H half of the fused low-frequency conv
+    y_h, y_l = m((x_h, x_l))
+    assert torch.equal(y_l, torch.zeros_like(y_l))
     assert torch.equal(y_h, x_l.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :7, :7])
     _zero_except(m, "h2l")
     _, y_l = m((x_h, x_l))
