@@ -1,7 +1,9 @@
 """Render `bench profile backbone=... op=all --json FILE` records as the README's Markdown table.
 
-Usage: python benchmarks/readme_table.py FILE [--readme README.md]
+Usage: python benchmarks/readme_table.py FILE [--ratios RATIOS] [--readme README.md]
 Prints the table; with --readme, replaces the block between the `<!-- profile-table -->` markers.
+RATIOS is the JSON of benchmarks/interleaved_latency.py: its drift-free latency ratios to `conv`
+(batch 1 and 8) replace the ratio of the sequential runs, which a shared machine's drift distorts.
 """
 
 from __future__ import annotations
@@ -14,24 +16,29 @@ from pathlib import Path
 START, END = "<!-- profile-table -->", "<!-- /profile-table -->"
 
 
-def render(records: list[dict]) -> str:
-    """One row per operator, with latency relative to the `conv` row measured in the same process."""
+def render(records: list[dict], ratios: dict | None = None) -> str:
+    """One row per operator; the latency ratio to `conv` comes from the interleaved run when given."""
     by_op = {r["config"]["op"]: r for r in records if r["status"] == "success"}
     base = by_op.get("conv")
     first = next(iter(by_op.values()))
     cfg, hw = first["config"], first["hardware"]
+    note = (f" Ratios to conv: `python benchmarks/interleaved_latency.py` ({ratios['rounds']} interleaved rounds)."
+            if ratios else "")
     lines = [
         f"`{first['provenance']['command'].split(' op=')[0]} op=all` on {hw['label']}, "
         f"{cfg['backbone']} at {first['cost']['input_shape'][-1]}x{first['cost']['input_shape'][-1]}, "
-        f"channels-last={first['cost']['channels_last']}, torch {first['provenance']['versions'].get('torch')}:",
+        f"channels-last={first['cost']['channels_last']}, torch {first['provenance']['versions'].get('torch')}.{note}",
         "",
-        "| op | params (M) | GMACs | latency b1 (ms, median +/- IQR) | vs conv | throughput b"
+        "| op | params (M) | GMACs | latency b1 (ms, median +/- IQR) | vs conv b1 / b8 (interleaved) | throughput b"
         f"{first['cost']['throughput_batch']} (img/s) | train step (ms) | activations (MB) | stride fallback |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for op, r in by_op.items():
         c = r["cost"]
-        ratio = f"{c['latency_ms'] / base['cost']['latency_ms']:.2f}x" if base else "-"
+        if ratios and op in ratios["batches"]["1"]:
+            ratio = " / ".join(f"{ratios['batches'][b][op]['vs_conv']:.2f}x" for b in ("1", "8"))
+        else:
+            ratio = f"{c['latency_ms'] / base['cost']['latency_ms']:.2f}x (sequential)" if base else "-"
         fallback = "avg-pool" if r.get("op_metadata", {}).get("stride_fallback") else "-"
         lines.append(f"| {op} | {c['params'] / 1e6:.2f} | {c['macs_per_sample'] / 1e9:.2f} | "
                      f"{c['latency_ms']:.1f} +/- {c['latency_iqr_ms']:.1f} | {ratio} | {c['throughput_per_s']:.1f} | "
@@ -42,9 +49,11 @@ def render(records: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("records", help="JSON list written by bench profile --json")
+    parser.add_argument("--ratios", help="JSON from benchmarks/interleaved_latency.py")
     parser.add_argument("--readme", help="README to update in place")
     args = parser.parse_args()
-    table = render(json.loads(Path(args.records).read_text()))
+    ratios = json.loads(Path(args.ratios).read_text()) if args.ratios else None
+    table = render(json.loads(Path(args.records).read_text()), ratios)
     print(table)
     if args.readme:
         readme = Path(args.readme)

@@ -1,0 +1,79 @@
+"""Latency of every operator inside one backbone, relative to `conv`, measured interleaved.
+
+On shared machines, load drifts over minutes, so models timed one after another are not comparable.
+This script builds every model once, then times them round-robin (each round measures every model),
+and reports per-model medians over rounds and their ratio to `conv`, at each batch size.
+
+Usage: python benchmarks/interleaved_latency.py [--backbone resnet50] [--ops conv,octconv,...]
+                                                [--batch 1 8] [--rounds 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import timm
+import torch
+
+import backbones
+from bench.profile import measure_latency
+from bench.results import hardware
+from operators import OperatorError, list_ops
+
+
+def build(backbone: str, ops: list[str]) -> dict[str, torch.nn.Module]:
+    models = {}
+    for op in ops:
+        try:
+            model = timm.create_model(backbones.model_name(backbone), op=op)
+        except OperatorError as err:
+            print(f"skipped {op}: {err}")
+            continue
+        models[op] = model.eval().to(memory_format=torch.channels_last)
+    return models
+
+
+def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, iters: int) -> dict[str, float]:
+    cpu = torch.device("cpu")
+    samples: dict[str, list[float]] = {op: [] for op in models}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(2):
+                model(x)
+        for _ in range(rounds):
+            for op, model in models.items():
+                samples[op].append(measure_latency(lambda: model(x), cpu, warmup=1, iters=iters)["median_ms"])
+    return {op: statistics.median(v) for op, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--ops", default="all", help="comma-separated operators, or all conv-kind ones")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    ops = list_ops("conv") if args.ops == "all" else args.ops.split(",")
+    if "conv" not in ops:
+        ops.insert(0, "conv")
+    models = build(args.backbone, ops)
+    result = {"backbone": args.backbone, "size": args.size, "rounds": args.rounds, "channels_last": True,
+              "hardware": hardware("cpu"), "batches": {}}
+    for batch in args.batch:
+        x = torch.randn(batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)
+        medians = interleaved(models, x, args.rounds, iters=8 if batch == 1 else 2)
+        result["batches"][str(batch)] = {op: {"median_ms": ms, "vs_conv": ms / medians["conv"]}
+                                         for op, ms in medians.items()}
+        for op, ms in medians.items():
+            print(f"batch {batch:>2}  {op:<10} {ms:8.1f} ms  {ms / medians['conv']:.2f}x conv")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
