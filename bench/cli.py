@@ -45,6 +45,8 @@ def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: b
             console.rule(f"job {index + 1}/{len(configs)}: {' '.join(sweep[index])}")
         try:
             record, path = run(cfg, shlex.join(["bench", command, *sweep[index]]))
+            if path is None:
+                continue  # not the global rank-zero process of a multi-process run
         except ConfigError:
             raise
         except OperatorError as err:
@@ -64,22 +66,30 @@ def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: b
     return 1 if failed else 0
 
 
+def _rows(values: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Flatten one level of nested figures (``latency_ms.median``) into printable rows."""
+    rows = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            rows += _rows(value, f"{prefix}{key}.")
+        elif value is None or isinstance(value, list):
+            continue
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            rows.append((prefix + key, str(value)))
+        else:
+            rows.append((prefix + key, f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"))
+    return rows
+
+
 def _print_summary(record: dict, path) -> None:
-    config = record["config"]
-    title = f"{record['task']}: op={config.get('op')}" + (f" backbone={config['backbone']}" if config.get("backbone")
-                                                          else "")
+    title = f"{record['task']}: op={record['op']}" + (f" backbone={record['backbone']}" if record.get("backbone")
+                                                       else "")
     table = Table(title=title, show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for key, value in {**record.get("metrics", {}), **record.get("cost", {})}.items():
-        if value is None or isinstance(value, dict):
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            shown = str(value)
-        else:
-            shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+    for key, shown in _rows({**record.get("metrics", {}), **record.get("efficiency", {})}):
         table.add_row(key, shown)
-    table.add_row("hardware", record.get("hardware", {}).get("label", "?"))
+    table.add_row("hardware", (record["provenance"].get("hardware") or {}).get("label", "?"))
     table.add_row("wall time (s)", f"{record['wall_time_s']:.1f}")
     console.print(table)
     console.print(f"result: {path}", markup=False, highlight=False)

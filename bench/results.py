@@ -73,16 +73,25 @@ def provenance(command: str) -> dict[str, Any]:
     }
 
 
-def new_record(task: str, config: dict[str, Any], command: str) -> dict[str, Any]:
-    """A record skeleton for one run; the runner fills status, metrics and cost."""
+def new_record(task: str, config: dict[str, Any], command: str, config_hash: str = "") -> dict[str, Any]:
+    """A record skeleton for one run; the runner fills status, metrics and efficiency."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {
         "schema_version": SCHEMA_VERSION,
-        "id": uuid.uuid4().hex[:12],
+        "run_id": uuid.uuid4().hex[:12],
         "task": task,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "op": config.get("op"),
+        "op_kwargs": config.get("op_kwargs", {}),
+        "backbone": config.get("backbone"),
+        "data": (config.get("data") or {}).get("name"),
+        "recipe": (config.get("recipe") or {}).get("name"),
+        "seed": config.get("seed"),
+        "created": created,
         "status": "running",
+        "metrics": {},
+        "efficiency": {},
         "config": config,
-        "provenance": provenance(command),
+        "provenance": {**provenance(command), "config_hash": config_hash, "start_time": created},
     }
 
 
@@ -90,7 +99,7 @@ def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     """Write ``record`` atomically to ``results_dir/<task>/<time>-<op>-s<seed>-<id>.json``; return the path."""
     config = record["config"]
     stamp = record["created"].replace(":", "").replace("-", "")[:15]
-    name = f"{stamp}-{config.get('op', 'model')}-s{config.get('seed', 0)}-{record['id']}.json"
+    name = f"{stamp}-{config.get('op', 'model')}-s{config.get('seed', 0)}-{record['run_id']}.json"
     folder = Path(results_dir) / record["task"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

@@ -28,15 +28,89 @@ class ProfileTaskConfig:
 
 
 @dataclass
+class ClassificationTaskConfig:
+    """Image classification."""
+
+    name: str = "classification"
+    default_backbone: str = "resnet20"
+    profile_batch: int = 32
+
+
+@dataclass
+class DataConfig:
+    """A dataset: built-in generator, hub id or local path, and how to read it."""
+
+    name: str = "shapes"
+    source: str = "shapes"
+    path: Optional[str] = None
+    hub_id: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
+    image_size: int = 32
+    val_fraction: float = 0.1
+    generator_seed: int = 0
+    train_size: int = 0
+    val_size: int = 0
+    test_size: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+
+@dataclass
+class RecipeConfig:
+    """A training protocol; the global batch is kept whatever the world size."""
+
+    name: str = "quick"
+    source: str = ""
+    global_batch: int = 128
+    max_device_batch: int = 128
+    epochs: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    base_batch: int = 128
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    crop_padding: int = 0
+    random_resized_crop: bool = False
+    flip: bool = True
+    precision: str = "32-true"
+    eval_batch: int = 256
+
+
+@dataclass
+class TrainerConfig:
+    """Where and how Lightning runs the recipe."""
+
+    name: str = "auto"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Optional[str] = None
+    num_workers: int = 0
+
+
+@dataclass
 class RunConfig:
     """Keys shared by every task."""
 
     task: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     op: str = "conv"
     backbone: Optional[str] = None
     op_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     results_dir: str = "leaderboards/results"
+    runs_dir: str = "outputs/runs"
+    resume: bool = False
 
 
 def register_schemas() -> None:
@@ -44,3 +118,4 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(group="task", name="profile_schema", node=ProfileTaskConfig)
+    store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)

@@ -21,27 +21,29 @@ def render(records: list[dict], ratios: dict | None = None) -> str:
     by_op = {r["config"]["op"]: r for r in records if r["status"] == "success"}
     base = by_op.get("conv")
     first = next(iter(by_op.values()))
-    cfg, hw = first["config"], first["hardware"]
+    cfg, hw = first["config"], first["provenance"]["hardware"]
     note = (f" Ratios to conv: `python benchmarks/interleaved_latency.py` ({ratios['rounds']} interleaved rounds)."
             if ratios else "")
     lines = [
         f"`{first['provenance']['command'].split(' op=')[0]} op=all` on {hw['label']}, "
-        f"{cfg['backbone']} at {first['cost']['input_shape'][-1]}x{first['cost']['input_shape'][-1]}, "
-        f"channels-last={first['cost']['channels_last']}, torch {first['provenance']['versions'].get('torch')}.{note}",
+        f"{cfg['backbone']} at {first['efficiency']['input_shape'][-1]}x{first['efficiency']['input_shape'][-1]}, "
+        f"channels-last={first['efficiency']['channels_last']}, torch {first['provenance']['versions'].get('torch')}.{note}",
         "",
         "| op | params (M) | GMACs | latency b1 (ms, median +/- IQR) | vs conv b1 / b8 (interleaved) | throughput b"
-        f"{first['cost']['throughput_batch']} (img/s) | train step (ms) | activations (MB) | stride fallback |",
+        f"{first['efficiency']['throughput_batch']} (img/s) | train step (ms) | activations (MB) | stride fallback |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for op, r in by_op.items():
-        c = r["cost"]
+        c = r["efficiency"]
         if ratios and op in ratios["batches"]["1"]:
             ratio = " / ".join(f"{ratios['batches'][b][op]['vs_conv']:.2f}x" for b in ("1", "8"))
         else:
-            ratio = f"{c['latency_ms'] / base['cost']['latency_ms']:.2f}x (sequential)" if base else "-"
+            ratio = f"{c['latency_ms']['median'] / base['efficiency']['latency_ms']['median']:.2f}x (sequential)" \
+                if base else "-"
         fallback = "avg-pool" if r.get("op_metadata", {}).get("stride_fallback") else "-"
-        lines.append(f"| {op} | {c['params'] / 1e6:.2f} | {c['macs_per_sample'] / 1e9:.2f} | "
-                     f"{c['latency_ms']:.1f} +/- {c['latency_iqr_ms']:.1f} | {ratio} | {c['throughput_per_s']:.1f} | "
+        lines.append(f"| {op} | {c['params'] / 1e6:.2f} | {c['macs'] / 1e9:.2f} | "
+                     f"{c['latency_ms']['median']:.1f} +/- {c['latency_ms']['iqr']:.1f} | {ratio} | "
+                     f"{c['throughput_per_s']:.1f} | "
                      f"{c['train_step_ms']:.0f} | {c['saved_activation_mb']:.0f} | {fallback} |")
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """Benchmark tasks: each turns a composed config into metrics (and cost) for one result record.
 
-A task is a function ``run(cfg) -> dict`` registered under the name that ``task=NAME`` selects.
+A task is a function ``run(cfg, run_dir) -> dict`` registered under the name that ``task=NAME`` selects;
+``run_dir`` is where it keeps checkpoints. The dict's keys (metrics, efficiency, ...) go into the record.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from omegaconf import DictConfig
 
 from operators.registry import unknown_name_message
 
-TaskFn = Callable[[DictConfig], dict[str, Any]]
+TaskFn = Callable[[DictConfig, str], dict[str, Any]]
 _TASKS: dict[str, TaskFn] = {}
 
 
@@ -40,4 +41,4 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-from tasks import profile  # noqa: E402,F401  registers the built-in tasks  isort: skip
+from tasks import classification, profile  # noqa: E402,F401  registers the built-in tasks  isort: skip

@@ -54,25 +54,27 @@ def _layout(model: torch.nn.Module, x: Any, channels_last: bool) -> tuple[torch.
             map_tensors(lambda t: t.contiguous(memory_format=torch.channels_last), x))
 
 
-def _profile_backbone(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    t = cfg.task
-    model, size = build_backbone(cfg)
-    model, one = _layout(model, torch.randn(1, 3, size, size), t.channels_last)
-    _, many = _layout(model, torch.randn(t.batch, 3, size, size), t.channels_last)
-    single = profile_module(model, [one], device=device, warmup=t.warmup, iters=t.iters, train=False)
-    batched = profile_module(model, [many], device=device, warmup=t.warmup, iters=max(3, t.iters // 3),
-                             train=t.train)
+def profile_model(model: torch.nn.Module, size: int, batch: int, *, device: torch.device | str = "cpu",
+                  warmup: int = 5, iters: int = 30, train: bool = True, channels_last: bool = True) -> dict[str, Any]:
+    """Efficiency of an image model at ``size``: batch-1 latency, throughput and train step at ``batch``."""
+    device = torch.device(device)
+    was_training = model.training
+    model, one = _layout(model, torch.randn(1, 3, size, size), channels_last)
+    _, many = _layout(model, torch.randn(batch, 3, size, size), channels_last)
+    single = profile_module(model, [one], device=device, warmup=warmup, iters=iters, train=False)
+    batched = profile_module(model, [many], device=device, warmup=warmup, iters=max(3, iters // 3), train=train)
+    model.train(was_training)
     return {
-        "params": single.params, "macs_per_sample": single.macs, "input_shape": [3, size, size],
-        "latency_ms": single.latency_ms, "latency_iqr_ms": single.latency_iqr_ms, "latency_batch": 1,
-        "throughput_per_s": batched.throughput_per_s, "throughput_batch": t.batch,
+        "params": single.params, "macs": single.macs, "input_shape": [3, size, size],
+        "latency_ms": {"median": single.latency_ms, "iqr": single.latency_iqr_ms, "batch": 1},
+        "throughput_per_s": batched.throughput_per_s, "throughput_batch": batch,
         "train_step_ms": batched.train_step_ms, "saved_activation_mb": batched.saved_activation_mb,
-        "peak_memory_mb": batched.peak_memory_mb, "channels_last": t.channels_last,
-    }, model.op_metadata
+        "peak_mem_mb": batched.peak_memory_mb, "channels_last": channels_last,
+    }
 
 
 @register_task("profile")
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
     t = cfg.task
     if t.threads:
@@ -81,9 +83,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"task.device={t.device} but torch sees no CUDA device here; use task.device=cpu.")
     if cfg.backbone:
-        cost, metadata = _profile_backbone(cfg, device)
-        return {"metrics": {}, "cost": cost, "op_metadata": metadata, "hardware": hardware(t.device)}
+        model, size = build_backbone(cfg)
+        efficiency = profile_model(model, size, t.batch, device=device, warmup=t.warmup, iters=t.iters,
+                                   train=t.train, channels_last=t.channels_last)
+        return {"efficiency": efficiency, "op_metadata": model.op_metadata, "hardware": hardware(t.device)}
     module, x = build_operator(cfg)
     module, x = _layout(module, x, t.channels_last)
     prof: Profile = profile_module(module, [x], device=device, warmup=t.warmup, iters=t.iters, train=t.train)
-    return {"metrics": {}, "cost": {**prof.to_dict(), "channels_last": t.channels_last}, "hardware": hardware(t.device)}
+    efficiency = {**prof.to_dict(), "latency_ms": {"median": prof.latency_ms, "iqr": prof.latency_iqr_ms,
+                                                   "batch": t.batch}}
+    efficiency.pop("latency_iqr_ms")
+    return {"efficiency": {**efficiency, "channels_last": t.channels_last}, "hardware": hardware(t.device)}

@@ -63,8 +63,10 @@ def test_profile_writes_a_record_with_provenance(tmp_path: Path, capsys: pytest.
     (record,) = records(tmp_path)
     assert record["status"] == "success" and record["task"] == "profile"
     assert record["config"]["op"] == "dwconv"
-    assert record["cost"]["macs_per_sample"] == 4 * 9 * 36 + 16 * 36
-    assert record["hardware"]["device"] == "cpu" and record["hardware"]["cpu_count"] >= 1
+    assert record["efficiency"]["macs_per_sample"] == 4 * 9 * 36 + 16 * 36
+    hw = record["provenance"]["hardware"]
+    assert hw["device"] == "cpu" and hw["cpu_count"] >= 1
+    assert record["op"] == "dwconv" and record["seed"] == 0 and len(record["provenance"]["config_hash"]) == 64
     assert record["provenance"]["versions"]["torch"]
     assert record["provenance"]["command"] == f"bench profile op=dwconv results_dir={tmp_path} {' '.join(TINY)}"
     assert str(tmp_path) in " ".join(capsys.readouterr().out.split())
@@ -114,8 +116,8 @@ def test_profile_multiscale_operator_in_channels_last(tmp_path: Path) -> None:
     args = ["profile", "op=octconv", "task.channels_last=true", "task.size=7", f"results_dir={tmp_path}"]
     assert main([*args, *[a for a in TINY if not a.startswith("task.size")]]) == 0
     (record,) = records(tmp_path)
-    assert record["cost"]["input_shape"] == [[1, 2, 7, 7], [1, 2, 4, 4]]
-    assert record["cost"]["macs"] > 0
+    assert record["efficiency"]["input_shape"] == [[1, 2, 7, 7], [1, 2, 4, 4]]
+    assert record["efficiency"]["macs"] > 0
 
 
 def test_profile_backbone_records_latency_throughput_and_placement(tmp_path: Path) -> None:
@@ -125,9 +127,9 @@ def test_profile_backbone_records_latency_throughput_and_placement(tmp_path: Pat
     assert main(args) == 0
     (record,) = records(tmp_path)
     assert json.loads(out.read_text()) == record
-    cost = record["cost"]
-    assert cost["input_shape"] == [3, 32, 32] and cost["latency_batch"] == 1 and cost["throughput_batch"] == 2
-    assert cost["macs_per_sample"] > 0 and cost["latency_ms"] > 0 and cost["train_step_ms"] > 0
+    eff = record["efficiency"]
+    assert eff["input_shape"] == [3, 32, 32] and eff["latency_ms"]["batch"] == 1 and eff["throughput_batch"] == 2
+    assert eff["macs"] > 0 and eff["latency_ms"]["median"] > 0 and eff["train_step_ms"] > 0
     assert record["op_metadata"]["stride_fallback_slots"] == []  # resnet20's strided convs are not operator slots
 
 

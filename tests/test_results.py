@@ -19,7 +19,9 @@ def test_record_has_provenance_and_round_trips(tmp_path: Path) -> None:
     loaded = json.loads(path.read_text())
     assert loaded == record
     assert loaded["schema_version"] == results.SCHEMA_VERSION
-    assert {"command", "git_commit", "git_dirty", "python", "versions"} <= set(loaded["provenance"])
+    assert {"command", "git_commit", "git_dirty", "python", "versions", "config_hash", "start_time"} <= set(
+        loaded["provenance"])
+    assert loaded["op"] == "conv" and loaded["seed"] == 3
 
 
 def test_interrupted_write_leaves_no_file_and_keeps_existing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

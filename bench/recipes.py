@@ -1,0 +1,46 @@
+"""Recipes fix the protocol; this derives how to run it on a given number of devices.
+
+The global batch (and so the result) never depends on the world size: the per-device batch and the
+gradient accumulation are chosen so that per_device * world_size * accumulate == global batch, with
+the per-device batch capped by the recipe's ``max_device_batch``. The learning rate is the recipe's
+lr scaled linearly from its ``base_batch`` to the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from omegaconf import DictConfig
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run as specified on this many devices."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's global batch is split across devices and accumulation steps."""
+
+    global_batch: int
+    world_size: int
+    per_device_batch: int
+    accumulate: int
+    lr: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_batches(recipe: DictConfig, world_size: int) -> BatchPlan:
+    """Per-device batch and accumulation that reproduce ``recipe.global_batch`` on ``world_size`` devices."""
+    total, cap = int(recipe.global_batch), int(recipe.max_device_batch)
+    if total % world_size:
+        raise RecipeError(f"recipe {recipe.name}: global batch {total} cannot be split evenly over {world_size} "
+                          f"devices; use a device count that divides {total}")
+    per_rank = total // world_size
+    accumulate = math.ceil(per_rank / cap)
+    while per_rank % accumulate:
+        accumulate += 1
+    lr = float(recipe.lr) * total / float(recipe.base_batch)
+    return BatchPlan(total, world_size, per_rank // accumulate, accumulate, lr)

@@ -1,0 +1,175 @@
+"""Image classification: a timm backbone with the operator in its slots, trained by Lightning on a recipe.
+
+`bench run task=classification op=ddf` trains on ``data.train`` for the recipe's fixed schedule,
+reports top-1/top-5/loss on ``data.test`` (and top-1 on ``data.validation``), then profiles the trained
+network. The LightningModule is thin: Lightning owns the loop, devices, precision, DDP and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+
+from bench.recipes import BatchPlan, plan_batches
+from bench.results import hardware
+from tasks import register_task
+from tasks.data import load_classification, num_classes, with_transform
+
+
+class DivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def image_transforms(data: DictConfig, recipe: DictConfig, train: bool) -> v2.Compose:
+    """torchvision v2 pipeline: the recipe's augmentation for training, resize + centre crop for evaluation."""
+    size = int(data.image_size)
+    steps: list[Any] = [v2.PILToTensor()]
+    if train and recipe.random_resized_crop:
+        steps.append(v2.RandomResizedCrop(size, antialias=True))
+    else:
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        if train and recipe.crop_padding:
+            steps.append(v2.RandomCrop(size, padding=int(recipe.crop_padding), padding_mode="reflect"))
+    if train and recipe.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
+    return v2.Compose(steps)
+
+
+class ClassificationData(L.LightningDataModule):
+    """Train/validation/test loaders over a Hugging Face dataset with lazily applied transforms."""
+
+    def __init__(self, cfg: DictConfig, per_device_batch: int) -> None:
+        super().__init__()
+        self.cfg, self.per_device_batch = cfg, per_device_batch
+        self.splits = load_classification(cfg.data, cfg.seed)
+        self.num_classes = num_classes(self.splits)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = with_transform(self.splits[split], image_transforms(self.cfg.data, self.cfg.recipe, train))
+        workers = int(self.cfg.trainer.num_workers)
+        return DataLoader(ds, batch_size=self.per_device_batch if train else int(self.cfg.recipe.eval_batch),
+                          shuffle=train, drop_last=train, num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of ``model`` with the recipe's optimizer and per-step schedule."""
+
+    def __init__(self, model: nn.Module, classes: int, recipe: DictConfig, plan: BatchPlan) -> None:
+        super().__init__()
+        self.model, self.recipe, self.plan = model, recipe, plan
+        self.metrics = nn.ModuleDict({f"{stage}_top{k}": MulticlassAccuracy(classes, top_k=min(k, classes))
+                                      for stage in ("val", "test") for k in (1, 5)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch["image"]), batch["label"], label_smoothing=self.recipe.label_smoothing)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        logits = self(batch["image"])
+        self.log(f"{stage}_loss", F.cross_entropy(logits, batch["label"]), sync_dist=True, prog_bar=stage == "val")
+        for k in (1, 5):
+            metric = self.metrics[f"{stage}_top{k}"]
+            metric.update(logits, batch["label"])
+            self.log(f"{stage}_top{k}", metric, prog_bar=stage == "val" and k == 1)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict:
+        r = self.recipe
+        if r.optimizer == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=self.plan.lr, momentum=r.momentum, nesterov=r.nesterov,
+                                  weight_decay=r.weight_decay)
+        elif r.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=self.plan.lr, weight_decay=r.weight_decay)
+        else:
+            raise ValueError(f"recipe {r.name}: optimizer must be sgd or adamw, got {r.optimizer!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, r.epochs)
+        warmup = int(r.warmup_epochs * per_epoch)
+        milestones = [int(m * per_epoch) for m in r.milestones]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if r.schedule == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            return r.gamma ** sum(step >= m for m in milestones)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: bool = True) -> L.Trainer:
+    """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``."""
+    t, r = cfg.trainer, cfg.recipe
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir, save_last=True, save_top_k=0),
+                            OnExceptionCheckpoint(run_dir, filename="last")]
+    if progress:
+        callbacks.append(RichProgressBar())
+    return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                     strategy=t.strategy, precision=t.precision or r.precision, accumulate_grad_batches=accumulate,
+                     callbacks=callbacks, logger=False, enable_model_summary=False, default_root_dir=run_dir,
+                     enable_progress_bar=progress, num_sanity_val_steps=0)
+
+
+@register_task("classification")
+def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
+    """Train, test and profile; returns metrics, efficiency and the batch plan."""
+    from backbones import model_name
+    from tasks.profile import profile_model
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
+    plan = plan_batches(cfg.recipe, probe.world_size)
+    trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate)
+    data = ClassificationData(cfg, plan.per_device_batch)
+    backbone = cfg.backbone or cfg.task.default_backbone
+    model = timm.create_model(model_name(backbone), op=cfg.op, num_classes=data.num_classes,
+                              op_kwargs=OmegaConf.to_container(cfg.op_kwargs, resolve=True))
+    module = ClassificationModule(model, data.num_classes, cfg.recipe, plan)
+    last = Path(run_dir) / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted; rerun the same command with resume=true to continue")
+    val = dict(trainer.callback_metrics)  # trainer.test replaces these
+    (test,) = trainer.test(module, datamodule=data, verbose=False)
+    metrics = {"top1": float(test["test_top1"]), "top5": float(test["test_top5"]), "loss": float(test["test_loss"]),
+               "val_top1": float(val.get("val_top1", float("nan")))}
+    efficiency = profile_model(model, int(data.cfg.data.image_size), cfg.task.profile_batch) if trainer.is_global_zero \
+        else {}
+    return {"metrics": metrics, "efficiency": efficiency, "backbone": backbone, "batch_plan": plan.to_dict(),
+            "steps": int(trainer.global_step), "world_size": trainer.world_size,
+            "precision": str(trainer.precision), "op_metadata": getattr(model, "op_metadata", {}),
+            "hardware": hardware(str(module.device))}

@@ -1,0 +1,148 @@
+"""Classification data through Hugging Face `datasets`: the built-in `shapes` scenes and real datasets.
+
+Every source ends as a ``DatasetDict`` with ``train``/``validation``/``test`` splits and ``image`` /
+``label`` columns; transforms are applied lazily with ``set_transform`` (torchvision.transforms.v2).
+Missing data raises :class:`DataError` saying where bench looked and how to get the data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+from omegaconf import DictConfig
+from PIL import Image
+
+from tasks.scenes import CLASSES, render_scene
+
+SHAPES_VERSION = 1
+"""Bumped whenever the generator's output changes, so stale caches are never reused."""
+SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
+"""Scene indices of each split start here: splits never share a scene."""
+
+
+class DataError(ValueError):
+    """Data that cannot be found or read, explained for a person."""
+
+
+def cache_root() -> Path:
+    """Where generated datasets are cached: $BENCH_CACHE, else ~/.cache/bench."""
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+
+
+def shapes(seed: int = 0, size: int = 32, train: int = 10_000, validation: int = 2_000, test: int = 2_000
+           ) -> datasets.DatasetDict:
+    """The shapes classification view, generated once per (seed, size, split sizes) and cached on disk."""
+    counts = {"train": train, "validation": validation, "test": test}
+    path = cache_root() / f"shapes-v{SHAPES_VERSION}-seed{seed}-{size}px-{train}-{validation}-{test}"
+    if path.exists():
+        return datasets.load_from_disk(str(path))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
+    splits = {}
+    for split, count in counts.items():
+        scenes = (render_scene(seed, SPLIT_OFFSETS[split] + i, size) for i in range(count))
+        images, labels = zip(*((Image.fromarray(s.image), s.label) for s in scenes)) if count else ((), ())
+        splits[split] = datasets.Dataset.from_dict({"image": list(images), "label": list(labels)}, features=features)
+    dataset = datasets.DatasetDict(splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-shapes-"))
+    try:
+        dataset.save_to_disk(str(tmp))
+        os.replace(tmp, path)  # atomic: a concurrent or interrupted run never sees half a cache
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():
+            raise
+    return datasets.load_from_disk(str(path))
+
+
+def _how_to_get(cfg: DictConfig) -> str:
+    if cfg.source == "hub":
+        return (f"It is not in the local Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) and this machine "
+                f"cannot download it. On a machine with internet access run `python -c \"import datasets; "
+                f"datasets.load_dataset('{cfg.hub_id}').save_to_disk('DIR')\"`, copy DIR here and use "
+                "data=disk data.path=DIR (or copy the Hugging Face cache folder).")
+    return "Check the path, or see README.md (Data) for the expected layout."
+
+
+def _load_source(cfg: DictConfig) -> datasets.DatasetDict:
+    if cfg.source == "hub":
+        return datasets.load_dataset(cfg.hub_id)
+    path = Path(str(cfg.path or ""))
+    if not cfg.path or not path.exists():
+        raise DataError(f"data={cfg.name}: data.path={cfg.path!r} does not exist. {_how_to_get(cfg)}")
+    if cfg.source == "imagefolder":
+        return datasets.load_dataset("imagefolder", data_dir=str(path))
+    if cfg.source == "parquet":
+        files = {split: sorted(str(p) for p in path.glob(f"{split}*.parquet")) for split in
+                 ("train", "validation", "test")}
+        files = {split: found for split, found in files.items() if found}
+        if "train" not in files:
+            raise DataError(f"data=parquet: no train*.parquet file in {path} (expected train*.parquet, "
+                            "optionally validation*.parquet and test*.parquet)")
+        return datasets.load_dataset("parquet", data_files=files)
+    if cfg.source == "disk":
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({"train": loaded})
+        return loaded
+    raise DataError(f"data.source={cfg.source!r} is not one of shapes, hub, imagefolder, parquet, disk")
+
+
+def _standardise(ds: datasets.DatasetDict, cfg: DictConfig, seed: int) -> datasets.DatasetDict:
+    """Rename columns to image/label and make sure train, validation and test splits exist."""
+    renames = {cfg.image_column: "image", cfg.label_column: "label"}
+    ds = datasets.DatasetDict({k: v.rename_columns({a: b for a, b in renames.items() if a != b and a in v.column_names})
+                               for k, v in ds.items()})
+    for split in ds.values():
+        missing = {"image", "label"} - set(split.column_names)
+        if missing:
+            raise DataError(f"data={cfg.name}: no {sorted(missing)} column (columns: {split.column_names}); set "
+                            "data.image_column / data.label_column")
+    if "validation" not in ds:
+        source = "test" if "test" in ds else "train"
+        if source == "train":
+            parts = ds["train"].train_test_split(test_size=cfg.val_fraction, seed=seed, stratify_by_column=None)
+            ds["train"], ds["validation"] = parts["train"], parts["test"]
+        else:
+            ds["validation"] = ds["test"]
+    if "test" not in ds:
+        ds["test"] = ds["validation"]
+    return datasets.DatasetDict({k: ds[k] for k in ("train", "validation", "test")})
+
+
+def load_classification(cfg: DictConfig, seed: int = 0) -> datasets.DatasetDict:
+    """The dataset named by ``cfg`` (a `data/*.yaml` group entry) as train/validation/test with image/label."""
+    if cfg.source == "shapes":
+        return shapes(cfg.generator_seed, cfg.image_size, cfg.train_size, cfg.val_size, cfg.test_size)
+    try:
+        raw = _load_source(cfg)
+    except DataError:
+        raise
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError, OSError) as err:
+        raise DataError(f"data={cfg.name}: cannot load it ({type(err).__name__}: {err}). {_how_to_get(cfg)}") from None
+    return _standardise(raw, cfg, seed)
+
+
+def num_classes(ds: datasets.DatasetDict) -> int:
+    """Number of classes: from the ClassLabel feature when present, else from the labels seen."""
+    feature = ds["train"].features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.num_classes
+    return int(max(max(ds[s]["label"]) for s in ds)) + 1
+
+
+def with_transform(ds: datasets.Dataset, transform: Callable[[Any], Any]) -> datasets.Dataset:
+    """``ds`` decoding images on access through ``transform`` (PIL image -> tensor), keeping labels."""
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        return {"image": [transform(img.convert("RGB")) for img in batch["image"]], "label": batch["label"]}
+
+    out = ds.with_format(None)
+    out.set_transform(apply)
+    return out
