@@ -94,6 +94,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: Optional[str] = None
     num_workers: int = 0
+    channels_last: bool = True
 
 
 @dataclass

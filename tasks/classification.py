@@ -76,14 +76,16 @@ class ClassificationData(L.LightningDataModule):
 class ClassificationModule(L.LightningModule):
     """Cross-entropy training of ``model`` with the recipe's optimizer and per-step schedule."""
 
-    def __init__(self, model: nn.Module, classes: int, recipe: DictConfig, plan: BatchPlan) -> None:
+    def __init__(self, model: nn.Module, classes: int, recipe: DictConfig, plan: BatchPlan,
+                 channels_last: bool = True) -> None:
         super().__init__()
-        self.model, self.recipe, self.plan = model, recipe, plan
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model, self.recipe, self.plan = model.to(memory_format=self.memory_format), recipe, plan
         self.metrics = nn.ModuleDict({f"{stage}_top{k}": MulticlassAccuracy(classes, top_k=min(k, classes))
                                       for stage in ("val", "test") for k in (1, 5)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(x.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch["image"]), batch["label"], label_smoothing=self.recipe.label_smoothing)
@@ -134,7 +136,8 @@ class ClassificationModule(L.LightningModule):
 def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``."""
     t, r = cfg.trainer, cfg.recipe
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir, save_last=True, save_top_k=0),
+    # One checkpoint per run, overwritten every epoch (and on Ctrl-C): what resume=true continues from.
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False),
                             OnExceptionCheckpoint(run_dir, filename="last")]
     if progress:
         callbacks.append(RichProgressBar())
@@ -158,11 +161,16 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     backbone = cfg.backbone or cfg.task.default_backbone
     model = timm.create_model(model_name(backbone), op=cfg.op, num_classes=data.num_classes,
                               op_kwargs=OmegaConf.to_container(cfg.op_kwargs, resolve=True))
-    module = ClassificationModule(model, data.num_classes, cfg.recipe, plan)
+    module = ClassificationModule(model, data.num_classes, cfg.recipe, plan, cfg.trainer.channels_last)
     last = Path(run_dir) / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.exists() else None)
-    if trainer.interrupted:
-        raise KeyboardInterrupt("training interrupted; rerun the same command with resume=true to continue")
+    resume_from = str(last) if cfg.resume and last.exists() else None
+    resumed_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if resume_from else None
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning saved last.ckpt (OnExceptionCheckpoint) and exits on Ctrl-C
+            raise KeyboardInterrupt("training interrupted; rerun the same command with resume=true") from None
+        raise
     val = dict(trainer.callback_metrics)  # trainer.test replaces these
     (test,) = trainer.test(module, datamodule=data, verbose=False)
     metrics = {"top1": float(test["test_top1"]), "top5": float(test["test_top5"]), "loss": float(test["test_loss"]),
@@ -170,6 +178,6 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     efficiency = profile_model(model, int(data.cfg.data.image_size), cfg.task.profile_batch) if trainer.is_global_zero \
         else {}
     return {"metrics": metrics, "efficiency": efficiency, "backbone": backbone, "batch_plan": plan.to_dict(),
-            "steps": int(trainer.global_step), "world_size": trainer.world_size,
+            "steps": int(trainer.global_step), "resumed_from_step": resumed_step, "world_size": trainer.world_size,
             "precision": str(trainer.precision), "op_metadata": getattr(model, "op_metadata", {}),
             "hardware": hardware(str(module.device))}

@@ -18,6 +18,7 @@ import datasets
 from omegaconf import DictConfig
 from PIL import Image
 
+from bench.config import ConfigError
 from tasks.scenes import CLASSES, render_scene
 
 SHAPES_VERSION = 1
@@ -26,8 +27,8 @@ SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
 """Scene indices of each split start here: splits never share a scene."""
 
 
-class DataError(ValueError):
-    """Data that cannot be found or read, explained for a person."""
+class DataError(ConfigError):
+    """Data that cannot be found or read, explained for a person (a usage error: exit 2, no record)."""
 
 
 def cache_root() -> Path:

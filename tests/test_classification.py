@@ -1,0 +1,92 @@
+"""`bench run task=classification`: a tiny end-to-end run, divergence, 2-process DDP, and resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+TINY = ["task=classification", "recipe.epochs=1", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+        "data.image_size=16", "recipe.global_batch=32", "recipe.eval_batch=32", "task.profile_batch=4"]
+
+
+@pytest.fixture(autouse=True)
+def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("classification/*.json"))]
+
+
+def bench(tmp_path: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache")}
+    exe = str(Path(sys.executable).parent / "bench")
+    return subprocess.Popen([exe, "run", *args, f"results_dir={tmp_path}/results", f"runs_dir={tmp_path}/runs"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_tiny_run_writes_a_complete_record(tmp_path: Path) -> None:
+    args = [*TINY, "op=ddf", "recipe.max_device_batch=16", f"results_dir={tmp_path}/r", f"runs_dir={tmp_path}/runs"]
+    assert main(["run", *args]) == 0
+    (record,) = records(tmp_path / "r")
+    assert record["status"] == "success" and record["op"] == "ddf" and record["backbone"] == "resnet20"
+    assert (record["data"], record["recipe"], record["seed"]) == ("shapes", "quick", 0)
+    assert {"top1", "top5", "loss", "val_top1"} <= set(record["metrics"])
+    assert 0.0 <= record["metrics"]["top1"] <= record["metrics"]["top5"] <= 1.0
+    plan = record["batch_plan"]
+    assert (plan["global_batch"], plan["per_device_batch"], plan["accumulate"], plan["world_size"]) == (32, 16, 2, 1)
+    assert record["steps"] == 2  # 64 images / global batch 32, one epoch
+    eff = record["efficiency"]
+    assert eff["params"] > 0 and eff["macs"] > 0 and eff["latency_ms"]["median"] > 0
+    assert record["provenance"]["world_size"] == 1 and record["provenance"]["hardware"]["cpu_count"] >= 1
+    assert record["provenance"]["command"].startswith("bench run task=classification")
+
+
+def test_diverged_run_is_recorded_as_diverged(tmp_path: Path) -> None:
+    args = [*TINY, "recipe.lr=1e30", "recipe.epochs=2", f"results_dir={tmp_path}/r", f"runs_dir={tmp_path}/runs"]
+    assert main(["run", *args]) == 1
+    (record,) = records(tmp_path / "r")
+    assert record["status"] == "diverged" and "loss" in record["error"]
+
+
+def test_two_process_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
+    proc = bench(tmp_path, *TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    (record,) = records(tmp_path / "results")  # one record: only global rank zero writes
+    assert record["provenance"]["world_size"] == 2
+    plan = record["batch_plan"]
+    assert (plan["global_batch"], plan["world_size"], plan["per_device_batch"], plan["accumulate"]) == (32, 2, 16, 1)
+    assert record["steps"] == 2  # the same optimizer steps as on one device
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    args = [*TINY, "recipe.epochs=30", "data.train_size=128"]
+    proc = bench(tmp_path, *args, start_new_session=True)
+    deadline = time.monotonic() + 300
+    checkpoints = list((tmp_path / "runs").glob("classification-*/last.ckpt"))
+    while not checkpoints and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        checkpoints = list((tmp_path / "runs").glob("classification-*/last.ckpt"))
+    assert checkpoints, "no checkpoint appeared"
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    (interrupted,) = records(tmp_path / "results")
+    assert interrupted["status"] == "interrupted"
+    resumed = bench(tmp_path, *args, "resume=true")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    final = next(r for r in records(tmp_path / "results") if r["status"] == "success")
+    assert final["resumed_from_step"] > 0
+    assert final["steps"] == 30 * 4  # the whole schedule, continued rather than restarted
