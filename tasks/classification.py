@@ -136,9 +136,10 @@ class ClassificationModule(L.LightningModule):
 def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``."""
     t, r = cfg.trainer, cfg.recipe
-    # One checkpoint per run, overwritten every epoch (and on Ctrl-C): what resume=true continues from.
+    # last.ckpt: overwritten every epoch and kept; interrupted.ckpt: written on Ctrl-C or a crash (Lightning
+    # deletes it once a run completes). resume=true continues from the newer of the two.
     callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False),
-                            OnExceptionCheckpoint(run_dir, filename="last")]
+                            OnExceptionCheckpoint(run_dir, filename="interrupted")]
     if progress:
         callbacks.append(RichProgressBar())
     return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -162,9 +163,10 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     model = timm.create_model(model_name(backbone), op=cfg.op, num_classes=data.num_classes,
                               op_kwargs=OmegaConf.to_container(cfg.op_kwargs, resolve=True))
     module = ClassificationModule(model, data.num_classes, cfg.recipe, plan, cfg.trainer.channels_last)
-    last = Path(run_dir) / "last.ckpt"
-    resume_from = str(last) if cfg.resume and last.exists() else None
-    resumed_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if resume_from else None
+    saved = [p for p in (Path(run_dir) / "interrupted.ckpt", Path(run_dir) / "last.ckpt") if p.exists()]
+    resume_from = str(max(saved, key=lambda p: p.stat().st_mtime)) if cfg.resume and saved else None
+    resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from \
+        else None
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except SystemExit:

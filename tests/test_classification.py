@@ -90,3 +90,5 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     final = next(r for r in records(tmp_path / "results") if r["status"] == "success")
     assert final["resumed_from_step"] > 0
     assert final["steps"] == 30 * 4  # the whole schedule, continued rather than restarted
+    run_dir = checkpoints[0].parent
+    assert (run_dir / "last.ckpt").exists() and not (run_dir / "interrupted.ckpt").exists()
