@@ -22,13 +22,17 @@ $(STAMP):
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<81" wheel ninja torch torchvision
 	MMCV_WITH_OPS=1 MAX_JOBS=$$(nproc) $(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) mmcv
 	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[detection,test]"
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium >/dev/null) || echo "warning: Debian's chromium is missing; the leaderboard render test will fail"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: install
 	$(BENCH) check --all
+	$(BENCH) run task=classification op=ddf results_dir=$(RESULTS)
 	$(BENCH) profile -m op=$(DEMO_OPS) results_dir=$(RESULTS)
-	@echo "Results: $(RESULTS)/profile/ (one JSON record per operator)"
+	$(BENCH) leaderboard
+	@echo "Results: $(RESULTS)/ (one JSON record per run); leaderboard: leaderboards/README.md and leaderboards/index.html"
 
 test: install
 	@$(PY) -m pytest; rc=$$?; \

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from backbones.operator_slot import SlotFiller, operator_module_ids
+from backbones.staged import ClassifierHead
 from operators.octconv import OctConv
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -133,8 +133,10 @@ class OctBlock(nn.Module):
         return _add_relu(x, shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierHead, nn.Module):
     """ResNet with an operator in every block's spatial slot; ImageNet (4 stages) or CIFAR (3 stages) stem."""
+
+    classifier_attr = "fc"
 
     def __init__(self, block: str, layers: Sequence[int], op: str = "conv", op_kwargs: Mapping[str, Any] | None = None,
                  num_classes: int = 1000, in_chans: int = 3, cifar_stem: bool = False, alpha: float = 0.5,
@@ -181,8 +183,7 @@ class ResNet(nn.Module):
             self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=f"layer{s + 1}"))
         self.num_stages = len(widths)
         self.num_features = channels
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
+        self.reset_classifier(num_classes, global_pool)
         self.op_metadata = {**fill.metadata(), "octave_alpha": alpha if octave else None}
         self._init_weights()
 
@@ -195,14 +196,6 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d) and id(m) not in inside_ops:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -229,12 +222,6 @@ class ResNet(nn.Module):
         for s in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{s}")(x)
         return x
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

@@ -10,7 +10,32 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 
-class StagedNet(nn.Module):
+class ClassifierHead:
+    """timm's classifier API (pool, dropout, linear) for a network with ``num_features`` output channels.
+
+    The linear layer is stored under ``classifier_attr`` (``fc`` for ResNets, as in timm).
+    """
+
+    classifier_attr = "classifier"
+    num_features: int
+    drop_rate: float
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.classifier_attr)
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        setattr(self, self.classifier_attr, nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity())
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.get_classifier()(x)
+
+
+class StagedNet(ClassifierHead, nn.Module):
     """``stages`` (each halving resolution or more; their outputs are the features) -> ``final`` -> pool -> classifier.
 
     Subclasses build ``self.stages``, ``self.final`` and ``self.feature_info``, then call :meth:`finish`.
@@ -23,14 +48,6 @@ class StagedNet(nn.Module):
         self.num_features, self.num_classes, self.drop_rate = num_features, num_classes, drop_rate
         self.grad_checkpointing = False
         self.reset_classifier(num_classes, global_pool)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -51,12 +68,6 @@ class StagedNet(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.final(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

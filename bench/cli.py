@@ -22,7 +22,7 @@ from bench.config import ConfigError, compose, config_groups, expand_all_ops, ex
 from operators.registry import OperatorError
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # messages keep paths and commands on one line
 
 USAGE_EXIT = 2
 
@@ -156,12 +156,39 @@ def cmd_list(args: argparse.Namespace) -> int:
         from backbones import list_backbones
 
         names = list_backbones()
+    elif args.what == "recipes":
+        table = Table(title="recipes")
+        for column in ("name", "global batch", "epochs", "optimizer, lr", "schedule", "precision", "source"):
+            table.add_column(column)
+        for name in config_groups()["recipe"]:
+            r = compose("run", [f"recipe={name}"]).recipe
+            table.add_row(name, str(r.global_batch), str(r.epochs), f"{r.optimizer} {r.lr} @ {r.base_batch}",
+                          r.schedule, r.precision, r.source)
+        console.print(table)
+        return 0
     else:
         names = config_groups().get(args.what, [])
     for name in names:
         console.print(name, markup=False, highlight=False)
     if not names:
         console.print(f"(no {args.what} available yet)")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard import generate
+
+    out = Path(args.out)
+    dirs = [out / "results", *map(Path, args.results)]
+    missing = [d for d in dirs[1:] if not d.is_dir()]
+    if missing:
+        raise ConfigError(f"--results {missing[0]} is not a folder of result records.")
+    made = generate([d for d in dirs if d.is_dir()], out)
+    for path, reason in made.invalid:
+        errors.print(f"[yellow]skipped[/yellow] {escape(reason)}")
+    console.print(f"{made.rows} rows, {made.failed} failed runs, {len(made.invalid)} skipped files", highlight=False)
+    for path in made.paths:
+        console.print(f"wrote {path}", markup=False, highlight=False)
     return 0
 
 
@@ -179,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="operator conformance suite: bench check op=NAME")
     p.add_argument("overrides", nargs="*", help="op=NAME [channels=16] [size=9]")
     p.add_argument("--all", action="store_true", help="check every registered operator")
+    p = sub.add_parser("leaderboard", help="regenerate leaderboards/ (Markdown, CSV, HTML) from result records")
+    p.add_argument("--results", action="append", default=[], metavar="DIR",
+                   help="another folder of result records (leaderboards/results is always read)")
+    p.add_argument("--out", default="leaderboards", help="where README.md, results.csv and index.html go")
     p = sub.add_parser("list", help="list ops, backbones, tasks, data or recipes")
     p.add_argument("what", nargs="?", default="ops", choices=["ops", "backbones", "tasks", "data", "recipes"])
     return parser
@@ -195,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 json_path=args.json)
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "leaderboard":
+            return cmd_leaderboard(args)
         return cmd_list(args)
     except (ConfigError, OperatorError, KeyError) as err:
         message = err.args[0] if err.args else str(err)

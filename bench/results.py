@@ -15,11 +15,83 @@ import uuid
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
+STATUSES = ("running", "success", "failed", "diverged", "interrupted")
+
+
+class RecordError(ValueError):
+    """A result file that is unreadable or does not follow the record schema, named by path with the reason."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Latency(_Open):
+    median: float = Field(ge=0)
+    iqr: float = Field(ge=0)
+    batch: int = Field(ge=1)
+
+
+class Efficiency(_Open):
+    params: Optional[int] = Field(default=None, ge=0)
+    macs: Optional[int] = Field(default=None, ge=0)
+    latency_ms: Optional[Latency] = None
+
+
+class Provenance(_Open):
+    command: str
+    git_commit: Optional[str]
+    git_dirty: Optional[bool]
+    python: str
+    versions: dict[str, str]
+    config_hash: str
+    start_time: str
+
+
+class ResultRecord(_Open):
+    """The schema every result record follows; extra task-specific fields are allowed."""
+
+    schema_version: Literal[1]
+    run_id: str
+    task: str
+    op: Optional[str]
+    op_kwargs: dict[str, Any]
+    backbone: Optional[str]
+    data: Optional[str]
+    recipe: Optional[str]
+    seed: Optional[int]
+    status: Literal[STATUSES]
+    metrics: dict[str, float]
+    efficiency: Efficiency
+    config: dict[str, Any]
+    provenance: Provenance
+
+
+def validate_record(record: dict[str, Any], where: str = "record") -> None:
+    """Raise :class:`RecordError` naming ``where`` if ``record`` does not follow :class:`ResultRecord`."""
+    try:
+        ResultRecord.model_validate(record)
+    except ValidationError as err:
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
+        raise RecordError(f"{where}: not a valid result record ({reasons})") from None
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """Load and validate one result file; a corrupt or invalid file raises :class:`RecordError` with its path."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: cannot read a JSON record ({err})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: not a valid result record (a JSON object is expected)")
+    validate_record(record, str(path))
+    return record
 PACKAGES = ("bench", "torch", "torchvision", "timm", "lightning", "mmcv", "mmdet", "mmengine", "hydra-core")
 
 
@@ -96,7 +168,8 @@ def new_record(task: str, config: dict[str, Any], command: str, config_hash: str
 
 
 def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
-    """Write ``record`` atomically to ``results_dir/<task>/<time>-<op>-s<seed>-<id>.json``; return the path."""
+    """Validate ``record`` and write it atomically to ``results_dir/<task>/<time>-<op>-s<seed>-<id>.json``."""
+    validate_record(record)
     config = record["config"]
     stamp = record["created"].replace(":", "").replace("-", "")[:15]
     name = f"{stamp}-{config.get('op', 'model')}-s{config.get('seed', 0)}-{record['run_id']}.json"

@@ -112,6 +112,8 @@ class RunConfig:
     results_dir: str = "leaderboards/results"
     runs_dir: str = "outputs/runs"
     resume: bool = False
+    devices: Optional[int] = None
+    num_nodes: Optional[int] = None
 
 
 def register_schemas() -> None:

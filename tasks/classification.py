@@ -142,7 +142,8 @@ def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: 
                             OnExceptionCheckpoint(run_dir, filename="interrupted")]
     if progress:
         callbacks.append(RichProgressBar())
-    return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+    devices, nodes = cfg.devices or t.devices, cfg.num_nodes or t.num_nodes
+    return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=devices, num_nodes=nodes,
                      strategy=t.strategy, precision=t.precision or r.precision, accumulate_grad_batches=accumulate,
                      callbacks=callbacks, logger=False, enable_model_summary=False, default_root_dir=run_dir,
                      enable_progress_bar=progress, num_sanity_val_steps=0)

@@ -60,7 +60,7 @@ def test_diverged_run_is_recorded_as_diverged(tmp_path: Path) -> None:
 
 
 def test_two_process_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
-    proc = bench(tmp_path, *TINY, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+    proc = bench(tmp_path, *TINY, "trainer=ddp", "devices=2", "trainer.accelerator=cpu")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     (record,) = records(tmp_path / "results")  # one record: only global rank zero writes

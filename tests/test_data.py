@@ -11,7 +11,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from bench.config import compose

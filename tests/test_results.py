@@ -36,3 +36,29 @@ def test_interrupted_write_leaves_no_file_and_keeps_existing(tmp_path: Path, mon
         write_record(new_record("profile", {"op": "conv", "seed": 1}, "bench profile"), tmp_path)
     assert sorted(p.name for p in (tmp_path / "profile").iterdir()) == [first.name]
     assert first.read_text() == before
+
+
+def _valid(tmp_path: Path) -> Path:
+    record = new_record("profile", {"op": "conv", "seed": 0}, "bench profile")
+    record["status"] = "success"
+    return write_record(record, tmp_path)
+
+
+def test_records_are_validated_on_write_and_read(tmp_path: Path) -> None:
+    path = _valid(tmp_path)
+    assert results.read_record(path)["status"] == "success"
+    bad = new_record("profile", {"op": "conv", "seed": 0}, "bench profile")
+    bad["status"] = "great"
+    with pytest.raises(results.RecordError, match="status"):
+        write_record(bad, tmp_path)
+    assert len(list((tmp_path / "profile").iterdir())) == 1  # nothing written
+
+
+@pytest.mark.parametrize("content, reason", [("{not json", "cannot read a JSON record"), ("[1, 2]", "JSON object"),
+                                             ('{"schema_version": 1}', "run_id")])
+def test_corrupt_or_invalid_files_are_named_with_the_reason(tmp_path: Path, content: str, reason: str) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(content)
+    with pytest.raises(results.RecordError, match="broken.json") as err:
+        results.read_record(path)
+    assert reason in str(err.value)

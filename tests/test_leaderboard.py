@@ -1,0 +1,114 @@
+"""`bench leaderboard`: aggregation over seeds, hardware groups, failed runs, invalid files, determinism."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench.cli import main
+from bench.leaderboard import generate
+from bench.results import new_record, write_record
+
+
+def record(results: Path, op: str, seed: int, top1: float, *, hardware: str = "CPU A", status: str = "success",
+           macs: int = 40_000_000, latency: float = 3.0) -> Path:
+    config = {"op": op, "seed": seed, "backbone": "resnet20", "data": {"name": "shapes"}, "recipe": {"name": "quick"}}
+    r = new_record("classification", config, f"bench run task=classification op={op} seed={seed}", "h" * 64)
+    r.update(status=status, metrics={"top1": top1, "top5": 0.99} if status == "success" else {},
+             efficiency={"params": 272_474, "macs": macs, "latency_ms": {"median": latency, "iqr": 0.1, "batch": 1},
+                         "throughput_per_s": 1000.0})
+    r["provenance"]["hardware"] = {"label": hardware}
+    if status != "success":
+        r["error"] = "FloatingPointError: training loss is nan"
+    return write_record(r, results)
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    folder = tmp_path / "leaderboards" / "results"
+    for seed, top1 in enumerate((0.80, 0.82, 0.84)):
+        record(folder, "conv", seed, top1)
+    for seed, top1 in enumerate((0.86, 0.88)):
+        record(folder, "ddf", seed, top1, macs=22_000_000, latency=2.5)
+    record(folder, "scconv", 0, 0.5, status="diverged")
+    record(folder, "conv", 0, 0.70, hardware="GPU B")
+    return folder
+
+
+def test_rows_aggregate_seeds_sort_and_show_baseline_deltas(results: Path) -> None:
+    made = generate([results], results.parent)
+    md = (results.parent / "README.md").read_text()
+    cpu = md.split("Hardware: CPU A")[1].split("## ")[0]
+    ddf_line, conv_line = [line for line in cpu.splitlines() if line.startswith("| resnet20")]
+    assert "| ddf |" in ddf_line and "| conv |" in conv_line  # sorted by top-1, best first
+    assert "87.00 +/- 1.41 (n=2)" in ddf_line and "82.00 +/- 2.00 (n=3)" in conv_line
+    assert "| +5.00 |" in ddf_line  # ddf minus the conv baseline of the same backbone and recipe
+    assert "`bench run -m task=classification op=ddf seed=0,1`" in ddf_line
+    assert made.rows == 3 and made.failed == 1
+
+
+def test_hardware_is_never_mixed_and_failed_runs_are_listed_apart(results: Path) -> None:
+    generate([results], results.parent)
+    md = (results.parent / "README.md").read_text()
+    assert md.count("## classification on shapes") == 2
+    gpu = md.split("Hardware: GPU B")[1].split("## ")[0]
+    assert "70.00" in gpu and "82.00" not in gpu
+    failed = md.split("## Failed, diverged or interrupted runs")[1]
+    assert "diverged" in failed and "training loss is nan" in failed
+    assert "| scconv |" not in md.split("## Failed")[0]
+    csv = (results.parent / "results.csv").read_text()
+    assert csv.count(",ddf,") == 4 and "scconv" not in csv  # 2 seeds x (top1, top5)
+
+
+def test_invalid_files_are_reported_and_skipped(results: Path, capsys: pytest.CaptureFixture) -> None:
+    (results / "classification" / "corrupt.json").write_text("{oops")
+    (results / "classification" / "wrong.json").write_text('{"schema_version": 1, "task": "x"}')
+    assert main(["leaderboard", "--out", str(results.parent)]) == 0
+    out = capsys.readouterr()
+    assert "corrupt.json" in out.err and "wrong.json" in out.err and "2 skipped files" in out.out
+    md = (results.parent / "README.md").read_text()
+    assert "## Skipped files" in md and "corrupt.json" in md and "run_id" in md
+
+
+def test_output_is_byte_identical_for_the_same_inputs(results: Path, tmp_path: Path) -> None:
+    first = {p.name: p.read_bytes() for p in generate([results], results.parent).paths}
+    second = {p.name: p.read_bytes() for p in generate([results], results.parent).paths}
+    assert first == second
+    html = first["index.html"].decode()
+    assert html.count("<svg") == 4 and "Pareto front" in html and "<table class='sortable'>" in html
+    assert not re.search(r'(src|href)="https?://', html) and "<link" not in html  # self-contained
+
+
+def test_missing_results_folder_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["leaderboard", "--results", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_page_renders_in_headless_chromium(results: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed for this test; `make test` installs it (apt-get install chromium)"
+    page = generate([results], results.parent).paths[2]
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=180).stdout
+    assert dom.count("<table class=\"sortable\">") == 2 and dom.count("<svg") == 4
+    assert "Pareto front" in dom and "resnet20" in dom
+    artifacts = Path(os.environ.get("BENCH_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "leaderboard.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()],
+                   capture_output=True, timeout=180)
+    image = Image.open(shot).convert("L")
+    low, high = image.getextrema()
+    assert image.size == (1280, 1600) and high - low > 100  # something was drawn, not a blank page
