@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.leaderboard import generate
+from bench.leaderboard import collect, generate
 from bench.results import new_record, write_record
 
 
@@ -112,3 +112,10 @@ def test_page_renders_in_headless_chromium(results: Path, tmp_path: Path) -> Non
     image = Image.open(shot).convert("L")
     low, high = image.getextrema()
     assert image.size == (1280, 1600) and high - low > 100  # something was drawn, not a blank page
+
+
+def test_committed_records_are_valid() -> None:
+    """Everything shipped under leaderboards/results must be a valid record (the leaderboard is built from it)."""
+    committed = Path(__file__).resolve().parents[1] / "leaderboards" / "results"
+    _, invalid = collect([committed])
+    assert invalid == []
