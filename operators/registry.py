@@ -11,7 +11,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -53,7 +53,6 @@ class OpInfo:
     """The formula should equal what torch's FLOP counter sees (no hidden ops inside)."""
     source: str = BUILTIN
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def supports(self) -> list[str]:
