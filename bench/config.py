@@ -111,7 +111,7 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         lines = []
         for o in value_lines:
             key = o.get_key_element()
-            if key.split(".")[0] in OPEN_KEYS and o.is_add() is False and "." in key:
+            if key.split(".")[0] in OPEN_KEYS and not o.is_add() and "." in key:
                 lines.append("++" + o.input_line)  # operator kwargs: add or replace freely
                 continue
             if not (o.is_add() or o.is_force_add() or o.is_delete()):

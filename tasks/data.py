@@ -108,7 +108,7 @@ def _standardise(ds: datasets.DatasetDict, cfg: DictConfig, seed: int) -> datase
     if "validation" not in ds:
         source = "test" if "test" in ds else "train"
         if source == "train":
-            parts = ds["train"].train_test_split(test_size=cfg.val_fraction, seed=seed, stratify_by_column=None)
+            parts = ds["train"].train_test_split(test_size=cfg.val_fraction, seed=seed)
             ds["train"], ds["validation"] = parts["train"], parts["test"]
         else:
             ds["validation"] = ds["test"]
