@@ -28,6 +28,14 @@ class ClassifierHead:
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         setattr(self, self.classifier_attr, nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity())
 
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the classifier, which ``features_only`` never runs (unused parameters would break DDP)."""
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x)
         if self.drop_rate:
@@ -48,6 +56,14 @@ class StagedNet(ClassifierHead, nn.Module):
         self.num_features, self.num_classes, self.drop_rate = num_features, num_classes, drop_rate
         self.grad_checkpointing = False
         self.reset_classifier(num_classes, global_pool)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Also drop the stages after the last feature taken, and the final layers."""
+        take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        self.stages = self.stages[:max(take) + 1]
+        self.final = nn.Identity()
+        return take
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):

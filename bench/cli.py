@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.config import ConfigError, compose, config_groups, expand_all_ops, expand_sweeps
+from bench.config import ConfigError, compose, config_groups, expand_all_ops, expand_sweeps, task_options
 from operators.registry import OperatorError
 
 console = Console()
@@ -158,14 +158,21 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = list_backbones()
     elif args.what == "recipes":
         table = Table(title="recipes")
-        for column in ("name", "global batch", "epochs", "optimizer, lr", "schedule", "precision", "source"):
+        for column in ("task", "name", "global batch", "epochs", "optimizer, lr", "schedule", "precision", "source"):
             table.add_column(column)
-        for name in config_groups()["recipe"]:
-            r = compose("run", [f"recipe={name}"]).recipe
-            table.add_row(name, str(r.global_batch), str(r.epochs), f"{r.optimizer} {r.lr} @ {r.base_batch}",
-                          r.schedule, r.precision, r.source)
+        groups = config_groups()
+        for task in ("classification", "detection"):
+            for name in task_options(groups, "recipe", task):
+                r = compose("run", [f"task={task}", f"recipe={name}"]).recipe
+                schedule = r.get("schedule") or f"steps at {list(r.milestones)}"
+                table.add_row(task, name, str(r.global_batch), str(r.epochs), f"{r.optimizer} {r.lr} @ {r.base_batch}",
+                              schedule, r.precision, r.source)
         console.print(table)
         return 0
+    elif args.what == "data":
+        groups = config_groups()
+        names = [f"{name} (task={task})" for task in ("classification", "detection")
+                 for name in task_options(groups, "data", task)]
     else:
         names = config_groups().get(args.what, [])
     for name in names:

@@ -22,8 +22,10 @@ from bench.schema import register_schemas
 from operators.registry import OperatorError, list_ops, unknown_name_message
 
 CONFIG_MODULE = "bench.conf"
-OPEN_KEYS = ("op_kwargs",)
+OPEN_KEYS = ("op_kwargs", "upsampler_kwargs")
 """Dict keys whose sub-keys are free (operator arguments): ``op_kwargs.x=1`` adds ``x``."""
+TASK_SCOPED = ("data", "recipe")
+"""Groups whose options can be task-specific: ``recipe/detection_quick.yaml`` is ``recipe=quick`` for detection."""
 
 
 class ConfigError(ValueError):
@@ -38,6 +40,26 @@ def config_groups() -> dict[str, list[str]]:
         if entry.is_dir() and not entry.name.startswith("_"):
             groups[entry.name] = sorted(f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml"))
     return groups
+
+
+def task_options(groups: dict[str, list[str]], group: str, task: str) -> dict[str, str]:
+    """Option names of ``group`` as ``task`` sees them, mapped to their files.
+
+    A task with its own ``<task>_<name>.yaml`` files in the group uses only those (by ``<name>``);
+    every other task uses the unprefixed files.
+    """
+    files = groups.get(group, [])
+    own = {f[len(task) + 1:]: f for f in files if f.startswith(f"{task}_")}
+    if own:
+        return own
+    prefixes = tuple(f"{t}_" for t in groups.get("task", []))
+    return {f: f for f in files if not f.startswith(prefixes)}
+
+
+def _default_choices(config_name: str) -> dict[str, str]:
+    """The group choices of the primary config's defaults list (``task: profile`` ...)."""
+    primary = OmegaConf.load(str(resources.files(CONFIG_MODULE) / f"{config_name}.yaml"))
+    return {k: str(v) for entry in primary.get("defaults", []) if isinstance(entry, DictConfig) for k, v in entry.items()}
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:
@@ -96,16 +118,26 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     if sweeps:
         raise ConfigError(f"{' '.join(sweeps)} is a sweep; add -m (multirun) to run every combination.")
     groups = config_groups()
+    choices = _default_choices(config_name)
     group_lines, value_lines = [], []
     for o in parsed:
         key = o.get_key_element()
         if key in groups:
             value = o.value()
-            if value not in groups[key]:
+            if key not in TASK_SCOPED and value not in groups[key]:
                 raise ConfigError(unknown_name_message(f"{key} config", str(value), groups[key]))
-            group_lines.append(o.input_line)
+            choices[key] = str(value)
+            if key not in TASK_SCOPED:
+                group_lines.append(o.input_line)
         else:
             value_lines.append(o)
+    task = choices.get("task", "")
+    for key in TASK_SCOPED:
+        options = task_options(groups, key, task)
+        if choices.get(key) not in options:
+            raise ConfigError(unknown_name_message(f"{key} config for task={task}", str(choices.get(key)),
+                                                   list(options)))
+        group_lines.append(f"{key}={options[choices[key]]}")
     try:
         base = _base_config(config_name, group_lines)
         lines = []
@@ -123,6 +155,8 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(_explain(err)) from None
     if "op" in cfg and cfg.op not in (available := list_ops()):
         raise ConfigError(unknown_name_message("operator", str(cfg.op), available))
+    if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
+        raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):
         from backbones import model_name
 

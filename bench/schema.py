@@ -37,8 +37,17 @@ class ClassificationTaskConfig:
 
 
 @dataclass
+class DetectionTaskConfig:
+    """Object detection with an mmdet detector around one of our backbones."""
+
+    name: str = "detection"
+    detector: str = "retinanet"
+    profile_batch: int = 2
+
+
+@dataclass
 class DataConfig:
-    """A dataset: built-in generator, hub id or local path, and how to read it."""
+    """A classification dataset: built-in generator, hub id or local path, and how to read it."""
 
     name: str = "shapes"
     source: str = "shapes"
@@ -57,8 +66,27 @@ class DataConfig:
 
 
 @dataclass
+class DetectionDataConfig:
+    """A COCO-format detection dataset: ``path/annotations/instances_{split}.json`` and ``path/{split}/``."""
+
+    name: str = "coco"
+    source: str = "coco"
+    path: Optional[str] = None
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    test_split: str = "val2017"
+    annotations: str = "annotations/instances_{split}.json"
+    images: str = "{split}"
+    generator_seed: int = 0
+    image_size: int = 0
+    train_size: int = 0
+    val_size: int = 0
+    test_size: int = 0
+
+
+@dataclass
 class RecipeConfig:
-    """A training protocol; the global batch is kept whatever the world size."""
+    """A classification training protocol; the global batch is kept whatever the world size."""
 
     name: str = "quick"
     source: str = ""
@@ -84,6 +112,35 @@ class RecipeConfig:
 
 
 @dataclass
+class DetectionRecipeConfig:
+    """A detection training protocol (mmdet-style step schedule); the global batch is kept whatever the world size."""
+
+    name: str = "quick"
+    source: str = ""
+    default_backbone: str = "resnet18"
+    fpn_channels: int = 256
+    head_convs: int = 4
+    global_batch: int = 16
+    max_device_batch: int = 16
+    epochs: int = 12
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    base_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1.0e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    milestones: list[int] = field(default_factory=lambda: [8, 11])
+    gamma: float = 0.1
+    grad_clip: Optional[float] = None
+    min_size: int = 800
+    max_size: int = 1333
+    flip: bool = True
+    precision: str = "32-true"
+    eval_batch: int = 8
+
+
+@dataclass
 class TrainerConfig:
     """Where and how Lightning runs the recipe."""
 
@@ -102,12 +159,14 @@ class RunConfig:
     """Keys shared by every task."""
 
     task: Any = None
-    data: DataConfig = field(default_factory=DataConfig)
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    data: Any = None  # each data/*.yaml declares its schema (classification or detection)
+    recipe: Any = None  # likewise for recipe/*.yaml
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     op: str = "conv"
     backbone: Optional[str] = None
     op_kwargs: dict[str, Any] = field(default_factory=dict)
+    upsampler: Optional[str] = None
+    upsampler_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     results_dir: str = "leaderboards/results"
     runs_dir: str = "outputs/runs"
@@ -122,3 +181,8 @@ def register_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     store.store(group="task", name="profile_schema", node=ProfileTaskConfig)
     store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
+    store.store(group="task", name="detection_schema", node=DetectionTaskConfig)
+    store.store(group="data", name="classification_schema", node=DataConfig)
+    store.store(group="data", name="detection_schema", node=DetectionDataConfig)
+    store.store(group="recipe", name="classification_schema", node=RecipeConfig)
+    store.store(group="recipe", name="detection_schema", node=DetectionRecipeConfig)

@@ -41,4 +41,4 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-from tasks import classification, profile  # noqa: E402,F401  registers the built-in tasks  isort: skip
+from tasks import classification, detection, profile  # noqa: F401  registers the built-in tasks  isort: skip

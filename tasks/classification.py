@@ -8,14 +8,12 @@ network. The LightningModule is thin: Lightning owns the loop, devices, precisio
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -26,10 +24,7 @@ from bench.recipes import BatchPlan, plan_batches
 from bench.results import hardware
 from tasks import register_task
 from tasks.data import load_classification, num_classes, with_transform
-
-
-class DivergedError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+from tasks.training import build_trainer, check_finite, fit
 
 
 def image_transforms(data: DictConfig, recipe: DictConfig, train: bool) -> v2.Compose:
@@ -89,8 +84,7 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch["image"]), batch["label"], label_smoothing=self.recipe.label_smoothing)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"training loss is {loss.item()} at step {self.global_step}")
+        check_finite(loss, self.global_step)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -133,22 +127,6 @@ class ClassificationModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: bool = True) -> L.Trainer:
-    """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``."""
-    t, r = cfg.trainer, cfg.recipe
-    # last.ckpt: overwritten every epoch and kept; interrupted.ckpt: written on Ctrl-C or a crash (Lightning
-    # deletes it once a run completes). resume=true continues from the newer of the two.
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False),
-                            OnExceptionCheckpoint(run_dir, filename="interrupted")]
-    if progress:
-        callbacks.append(RichProgressBar())
-    devices, nodes = cfg.devices or t.devices, cfg.num_nodes or t.num_nodes
-    return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=devices, num_nodes=nodes,
-                     strategy=t.strategy, precision=t.precision or r.precision, accumulate_grad_batches=accumulate,
-                     callbacks=callbacks, logger=False, enable_model_summary=False, default_root_dir=run_dir,
-                     enable_progress_bar=progress, num_sanity_val_steps=0)
-
-
 @register_task("classification")
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Train, test and profile; returns metrics, efficiency and the batch plan."""
@@ -164,16 +142,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     model = timm.create_model(model_name(backbone), op=cfg.op, num_classes=data.num_classes,
                               op_kwargs=OmegaConf.to_container(cfg.op_kwargs, resolve=True))
     module = ClassificationModule(model, data.num_classes, cfg.recipe, plan, cfg.trainer.channels_last)
-    saved = [p for p in (Path(run_dir) / "interrupted.ckpt", Path(run_dir) / "last.ckpt") if p.exists()]
-    resume_from = str(max(saved, key=lambda p: p.stat().st_mtime)) if cfg.resume and saved else None
-    resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from \
-        else None
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    except SystemExit:
-        if trainer.interrupted:  # Lightning saved last.ckpt (OnExceptionCheckpoint) and exits on Ctrl-C
-            raise KeyboardInterrupt("training interrupted; rerun the same command with resume=true") from None
-        raise
+    resumed_step = fit(cfg, run_dir, trainer, module, data)
     val = dict(trainer.callback_metrics)  # trainer.test replaces these
     (test,) = trainer.test(module, datamodule=data, verbose=False)
     metrics = {"top1": float(test["test_top1"]), "top5": float(test["test_top5"]), "loss": float(test["test_loss"]),

@@ -1,0 +1,176 @@
+"""Detection data in the COCO layout: real COCO-format sets and the `shapes` detection view share one loader.
+
+A dataset is ``root/annotations/instances_{split}.json`` plus the images under ``root/{split}/`` (COCO
+2017 as distributed; the patterns are configurable). The built-in `shapes` view writes its scenes in
+exactly that layout once (under $BENCH_CACHE), so the synthetic default exercises the real loader.
+Samples carry torchvision ``tv_tensors`` so transforms.v2 moves the boxes with the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from tasks.data import DataError, cache_root
+from tasks.scenes import CLASSES, render_scene
+
+SHAPES_DETECTION_VERSION = 1
+"""Bumped whenever the detection view's output changes, so stale caches are never reused."""
+SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+MIN_VISIBLE = 0.4
+"""An object is boxed when at least this fraction of it is visible (the rest is hidden behind nearer objects)."""
+MIN_PIXELS = 12
+
+
+def shapes_annotations(seed: int, index: int, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Scene ``index`` as an image and COCO-style annotations (box of the visible part, class, area)."""
+    scene = render_scene(seed, index, size, distractors=(1, 3))
+    annotations = []
+    for obj in scene.objects:
+        visible = obj.mask & np.isclose(scene.depth, obj.depth)
+        if visible.sum() < max(MIN_PIXELS, MIN_VISIBLE * obj.mask.sum()):
+            continue
+        ys, xs = np.nonzero(visible)
+        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+        annotations.append({"category_id": obj.label + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "area": float(visible.sum()), "iscrowd": 0})
+    return scene.image, annotations
+
+
+def write_shapes_coco(root: Path, seed: int, size: int, counts: dict[str, int]) -> None:
+    """Write the shapes detection view to ``root`` in the COCO layout (PNG images, instances json per split)."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    for split, count in counts.items():
+        (root / split).mkdir(exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            image, objects = shapes_annotations(seed, SPLIT_OFFSETS[split] + i, size)
+            name = f"{i:07d}.png"
+            Image.fromarray(image).save(root / split / name)
+            images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+            annotations += [{**obj, "id": len(annotations) + k + 1, "image_id": i + 1} for k, obj in enumerate(objects)]
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+
+
+def shapes_root(cfg: DictConfig) -> Path:
+    """The cached COCO-layout folder of the shapes detection view, generated on first use (atomically)."""
+    counts = {cfg.train_split: int(cfg.train_size), cfg.val_split: int(cfg.val_size),
+              cfg.test_split: int(cfg.test_size)}
+    tag = "-".join(f"{s}{n}" for s, n in counts.items())
+    path = cache_root() / f"shapes-detection-v{SHAPES_DETECTION_VERSION}-seed{cfg.generator_seed}-{cfg.image_size}px-{tag}"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-shapes-detection-"))
+    try:
+        write_shapes_coco(tmp, int(cfg.generator_seed), int(cfg.image_size), counts)
+        os.replace(tmp, path)  # a concurrent or interrupted run never sees half a dataset
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():
+            raise
+    return path
+
+
+class CocoDetection(Dataset):
+    """A COCO-format split: image (uint8 CHW ``tv_tensors.Image``), XYXY boxes, contiguous labels, crowd flags.
+
+    Category ids are mapped to 0..K-1 in id order. ``train=True`` drops crowd boxes and images without
+    any box (as mmdet does); evaluation keeps every image and marks crowd regions for the metric.
+    """
+
+    def __init__(self, annotations: Path, images: Path, transform: v2.Transform | None = None,
+                 train: bool = False) -> None:
+        try:
+            coco = json.loads(annotations.read_text())
+            self.categories = sorted(coco["categories"], key=lambda c: c["id"])
+            records = {img["id"]: img for img in coco["images"]}
+            boxes: dict[int, list[dict]] = {i: [] for i in records}
+            for ann in coco["annotations"]:
+                if not (train and ann.get("iscrowd", 0)):
+                    boxes[ann["image_id"]].append(ann)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{annotations}: not a readable COCO instances file ({type(err).__name__}: {err})") \
+                from None
+        self.label_of = {c["id"]: i for i, c in enumerate(self.categories)}
+        self.images, self.transform = images, transform
+        ids = sorted(records)
+        if train:
+            ids = [i for i in ids if any(a["bbox"][2] > 1 and a["bbox"][3] > 1 for a in boxes[i])]
+        self.items = [(records[i], boxes[i]) for i in ids]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record, anns = self.items[index]
+        path = self.images / record["file_name"]
+        try:
+            with Image.open(path) as img:
+                image = tv_tensors.Image(torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
+        except OSError as err:
+            raise DataError(f"{path}: cannot read this image of the dataset ({err})") from None
+        h, w = image.shape[-2:]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        sample = {"image": image,
+                  "boxes": tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(h, w)),
+                  "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+                  "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
+                  "image_id": int(record["id"]), "orig_size": (int(h), int(w))}
+        return self.transform(sample) if self.transform is not None else sample
+
+
+def detection_transforms(recipe: DictConfig, train: bool) -> v2.Compose:
+    """Resize (shorter side ``min_size``, longer at most ``max_size``), flip for training, drop degenerate boxes."""
+    steps: list[v2.Transform] = []
+    if train and recipe.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    max_size = int(recipe.max_size) if recipe.max_size > recipe.min_size else None
+    steps += [v2.Resize(int(recipe.min_size), max_size=max_size, antialias=True), v2.ClampBoundingBoxes()]
+    if train:
+        steps.append(v2.SanitizeBoundingBoxes(labels_getter=lambda s: (s["labels"], s["iscrowd"])))
+    return v2.Compose(steps)
+
+
+def split_paths(cfg: DictConfig, split: str) -> tuple[Path, Path]:
+    """Annotation file and image folder of ``split``; a missing one raises :class:`DataError` saying what to set."""
+    if cfg.source == "shapes":
+        root = shapes_root(cfg)
+    elif cfg.source == "coco":
+        if not cfg.path or not Path(str(cfg.path)).is_dir():
+            raise DataError(f"data={cfg.name}: data.path={cfg.path!r} is not a folder. Point data.path at a COCO-format "
+                            "dataset: DIR/annotations/instances_train2017.json with images in DIR/train2017/ (and the "
+                            "same for val2017); other layouts set data.annotations / data.images / data.*_split.")
+        root = Path(str(cfg.path))
+    else:
+        raise DataError(f"data.source={cfg.source!r} is not a detection source (shapes or coco)")
+    annotations, images = root / cfg.annotations.format(split=split), root / cfg.images.format(split=split)
+    for what, path in (("annotation file", annotations), ("image folder", images)):
+        if not path.exists():
+            raise DataError(f"data={cfg.name}: the {what} of split {split!r} is missing: {path}. Check data.path "
+                            f"and data.annotations / data.images (now {cfg.annotations!r} / {cfg.images!r}).")
+    return annotations, images
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Images differ in size, so a batch is a dict of lists; the detector's preprocessor pads them."""
+    return {key: [s[key] for s in samples] for key in samples[0]}
