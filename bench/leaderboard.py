@@ -81,8 +81,10 @@ def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[R
         if record["status"] != "success":
             continue
         section = (record["task"], record.get("data") or "-", _hardware(record))
-        key = (record.get("backbone") or "-", record.get("op") or "-", record.get("upsampler") or "-",
-               record.get("recipe") or "-")
+        model = record.get("backbone") or "-"
+        if record.get("detector"):  # RetinaNet and Faster R-CNN rows are never averaged together
+            model = f"{record['detector']} {model}"
+        key = (model, record.get("op") or "-", record.get("upsampler") or "-", record.get("recipe") or "-")
         tables[section].setdefault(key, Row(key)).records.append((path, record))
     out = {}
     for section, rows in sorted(tables.items()):
@@ -104,9 +106,16 @@ def _fmt(value: tuple[float, float] | None, n: int, scale: float = 1.0, digits: 
     return f"{mean * scale:.{digits}f} +/- {std * scale:.{digits}f} (n={n})" if n > 1 else f"{mean * scale:.{digits}f}"
 
 
+def _percent(metric: str) -> float:
+    """Accuracies and COCO APs/ARs are shown in %."""
+    return 100.0 if metric.startswith(("top", "val_top", "mAP", "mAR")) else 1.0
+
+
 def _baseline(rows: list[Row], row: Row) -> Row | None:
-    return next((r for r in rows if r.key[1] == "conv" and (r.key[0], r.key[2], r.key[3]) ==
-                 (row.key[0], row.key[2], row.key[3])), None)
+    """The stock model of the row's backbone and recipe: the conv operator (and nearest, where there is an upsampler)."""
+    upsampler = "-" if row.key[2] == "-" else "nearest"
+    return next((r for r in rows if (r.key[0], r.key[1], r.key[2], r.key[3]) ==
+                 (row.key[0], "conv", upsampler, row.key[3])), None)
 
 
 def _delta(rows: list[Row], row: Row, name: str, scale: float) -> str:
@@ -130,7 +139,7 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     """Header and cells of one section, shared by the renderers: the last two cells of a row are the
     result paths (relative to ``link_root``) and the reproduction command, which each renderer formats."""
     name, _ = PRIMARY.get(section[0], ("top1", True))
-    scale = 100.0 if name in ("top1", "top5", "mAP") else 1.0
+    scale = _percent(name)
     metrics = sorted({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
     header = ["backbone", "op", "upsampler", "recipe", *metrics, f"delta {name} vs conv", "params (M)", "GMACs",
               "latency (ms)", "throughput (/s)", "seeds", "results", "reproduce"]
@@ -139,7 +148,7 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
         n = len(row.records)
         params, macs = row.efficiency("params"), row.efficiency("macs")
         throughput = row.efficiency("throughput_per_s")
-        cells.append([*row.key, *(_fmt(row.metric(m), n, 100.0 if "top" in m else 1.0) for m in metrics),
+        cells.append([*row.key, *(_fmt(row.metric(m), n, _percent(m)) for m in metrics),
                       _delta(rows, row, name, scale),
                       f"{params / 1e6:.2f}" if params else "-", f"{macs / 1e9:.3f}" if macs else "-",
                       _fmt(row.metric("latency_ms"), n), f"{throughput:.1f}" if throughput else "-",

@@ -41,7 +41,6 @@ class DetectionTaskConfig:
     """Object detection with an mmdet detector around one of our backbones."""
 
     name: str = "detection"
-    detector: str = "retinanet"
     profile_batch: int = 2
 
 
@@ -166,6 +165,7 @@ class RunConfig:
     backbone: Optional[str] = None
     op_kwargs: dict[str, Any] = field(default_factory=dict)
     upsampler: Optional[str] = None
+    detector: Optional[str] = None
     upsampler_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     results_dir: str = "leaderboards/results"

@@ -26,12 +26,14 @@ from torchmetrics.detection import MeanAveragePrecision
 from bench.config import ConfigError
 from bench.recipes import BatchPlan, plan_batches
 from bench.results import hardware
+from operators.registry import unknown_name_message
 from tasks import register_task
 from tasks.detection_data import CocoDetection, collate, detection_transforms, split_paths
 from tasks.training import build_trainer, check_finite, fit
 
 BASE_CONFIGS = {"retinanet": "retinanet_r50_fpn.py", "faster_rcnn": "faster-rcnn_r50_fpn.py"}
 """mmdet's model-zoo configs each detector starts from (shipped inside the mmdet package)."""
+DEFAULT_DETECTOR = "retinanet"
 METRICS = {"mAP": "map", "mAP50": "map_50", "mAP75": "map_75", "mAP_small": "map_small",
            "mAP_medium": "map_medium", "mAP_large": "map_large", "mAR100": "mar_100"}
 """Record metric name -> torchmetrics MeanAveragePrecision key (COCO protocol)."""
@@ -56,14 +58,20 @@ def backbone_levels(backbone: str) -> tuple[list[int], list[int], list[int]]:
     return indices, [info.channels()[i] for i in indices], [info.reduction()[i] for i in indices]
 
 
+def detector_name(cfg: DictConfig) -> str:
+    """The detector ``cfg`` asks for (``detector=``, default RetinaNet); an unknown one is a :class:`ConfigError`."""
+    name = cfg.detector or DEFAULT_DETECTOR
+    if name not in BASE_CONFIGS:
+        raise ConfigError(unknown_name_message("detector", name, list(BASE_CONFIGS)))
+    return name
+
+
 def detector_config(cfg: DictConfig, backbone: str, upsampler: str, num_classes: int) -> dict[str, Any]:
-    """mmdet's model config for ``cfg.task.detector`` with our backbone, our FPN and the recipe's sizes."""
+    """mmdet's model config for ``cfg.detector`` with our backbone, our FPN and the recipe's sizes."""
     import mmdet
     from mmengine.config import Config
 
-    detector, r = cfg.task.detector, cfg.recipe
-    if detector not in BASE_CONFIGS:
-        raise ConfigError(f"task.detector={detector!r} is not one of {', '.join(BASE_CONFIGS)}")
+    detector, r = detector_name(cfg), cfg.recipe
     base = Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "models" / BASE_CONFIGS[detector]
     model = copy.deepcopy(Config.fromfile(str(base)).model.to_dict())
     indices, channels, strides = backbone_levels(backbone)
@@ -182,9 +190,12 @@ class DetectionModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         r = self.recipe
-        if r.optimizer != "sgd":
-            raise ValueError(f"recipe {r.name}: detection recipes use sgd, got {r.optimizer!r}")
-        opt = torch.optim.SGD(self.parameters(), lr=self.plan.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        if r.optimizer == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=self.plan.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        elif r.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=self.plan.lr, weight_decay=r.weight_decay)
+        else:
+            raise ValueError(f"recipe {r.name}: optimizer must be sgd or adamw, got {r.optimizer!r}")
         per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max(1, int(r.epochs)))
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(r, step, per_epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -214,6 +225,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     from tasks.profile import profile_model
 
     require_mmdet()
+    detector_name(cfg)  # a mistake is reported before any data is generated
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
     plan = plan_batches(cfg.recipe, probe.world_size)
@@ -233,7 +245,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         efficiency.update(params=sum(p.numel() for p in detector.parameters()),
                           scope="params: whole detector; MACs, latency: backbone + FPN at min_size x min_size")
     return {"metrics": metrics, "efficiency": efficiency, "backbone": backbone, "upsampler": upsampler,
-            "detector": cfg.task.detector, "mmdet_config": model_cfg, "batch_plan": plan.to_dict(),
+            "detector": detector_name(cfg), "mmdet_config": model_cfg, "batch_plan": plan.to_dict(),
             "steps": int(trainer.global_step), "resumed_from_step": resumed_step, "world_size": trainer.world_size,
             "precision": str(trainer.precision), "op_metadata": detector.backbone.op_metadata,
             "hardware": hardware(str(module.device))}

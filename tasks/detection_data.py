@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from tasks.data import DataError, cache_root
 from tasks.scenes import CLASSES, render_scene
 
-SHAPES_DETECTION_VERSION = 1
+SHAPES_DETECTION_VERSION = 3
 """Bumped whenever the detection view's output changes, so stale caches are never reused."""
 SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 MIN_VISIBLE = 0.4
@@ -36,7 +36,7 @@ MIN_PIXELS = 12
 
 def shapes_annotations(seed: int, index: int, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Scene ``index`` as an image and COCO-style annotations (box of the visible part, class, area)."""
-    scene = render_scene(seed, index, size, distractors=(1, 3))
+    scene = render_scene(seed, index, size, distractors=(1, 3), distractor_scale=(0.12, 0.2), inside=True)
     annotations = []
     for obj in scene.objects:
         visible = obj.mask & np.isclose(scene.depth, obj.depth)

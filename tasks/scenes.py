@@ -89,8 +89,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image + rng.normal(0, 0.04, image.shape)
 
 
-def render_scene(seed: int, index: int, size: int = 32, distractors: tuple[int, int] = (0, 2)) -> Scene:
-    """Scene ``index`` of the dataset with ``seed``: deterministic, independent of any other scene."""
+def render_scene(seed: int, index: int, size: int = 32, distractors: tuple[int, int] = (0, 2),
+                 distractor_scale: tuple[float, float] = (0.08, 0.14), inside: bool = False) -> Scene:
+    """Scene ``index`` of the dataset with ``seed``: deterministic, independent of any other scene.
+
+    ``distractors`` bounds the number of smaller objects, ``distractor_scale`` their size (fraction of the
+    image); ``inside`` keeps them whole inside the image (detection labels every object, so none is cut).
+    """
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
     y, x = np.mgrid[0:size, 0:size] + 0.5
@@ -100,8 +105,8 @@ def render_scene(seed: int, index: int, size: int = 32, distractors: tuple[int, 
     for k in range(count):
         label = int(rng.integers(len(CLASSES)))
         main = k == 0
-        scale = size * (rng.uniform(0.22, 0.36) if main else rng.uniform(0.08, 0.14))
-        cx, cy = rng.uniform(scale, size - scale, 2) if main else rng.uniform(0, size, 2)
+        scale = size * (rng.uniform(0.22, 0.36) if main else rng.uniform(*distractor_scale))
+        cx, cy = rng.uniform(scale, size - scale, 2) if main or inside else rng.uniform(0, size, 2)
         angle = rng.uniform(0, 2 * np.pi)
         du, dv = (x - cx) / scale, (y - cy) / scale
         u = du * np.cos(angle) + dv * np.sin(angle)

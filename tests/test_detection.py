@@ -85,7 +85,7 @@ def test_retinanet_builds_and_trains_with_every_upsampler(upsampler: str) -> Non
 
 @pytest.mark.parametrize("upsampler", ["nearest", "ddf_up"])
 def test_faster_rcnn_builds_and_trains(upsampler: str) -> None:
-    forward_loss_predict(["task.detector=faster_rcnn", f"upsampler={upsampler}"])
+    forward_loss_predict(["detector=faster_rcnn", f"upsampler={upsampler}"])
 
 
 @pytest.mark.parametrize("op", CONV_OPS)
@@ -101,7 +101,7 @@ def test_composed_config_is_mmdets_with_our_parts() -> None:
     assert model["neck"]["upsampler"] == "carafe" and model["neck"]["out_channels"] == 256
     assert model["bbox_head"]["anchor_generator"]["strides"] == [8, 16, 32, 64, 128]
     assert model["bbox_head"]["num_classes"] == 80 and model["bbox_head"]["stacked_convs"] == 4
-    faster = detector_config(compose("run", ["task=detection", "recipe=coco_1x", "task.detector=faster_rcnn"]),
+    faster = detector_config(compose("run", ["task=detection", "recipe=coco_1x", "detector=faster_rcnn"]),
                              "resnet50", "nearest", 20)
     assert faster["rpn_head"]["anchor_generator"]["strides"] == [4, 8, 16, 32, 64]
     assert faster["roi_head"]["bbox_roi_extractor"]["featmap_strides"] == [4, 8, 16, 32]
@@ -163,9 +163,22 @@ def test_flip_moves_the_boxes_with_the_image(tmp_path: Path) -> None:
     assert seen == {(2, 4, 12, 10), (28, 4, 38, 10)}
 
 
+def test_shapes_view_is_written_in_the_coco_layout() -> None:
+    cfg = compose("run", TINY).data
+    data = DetectionData(compose("run", TINY), 2)
+    assert data.class_names[:3] == ["circle", "square", "triangle"] and len(data.test_set) == cfg.test_size
+    boxes = [data.test_set[i]["boxes"] for i in range(len(data.test_set))]
+    assert all(1 <= len(b) <= 4 for b in boxes)  # the main object and up to three whole distractors
+    assert all(((b[:, :2] >= 0) & (b[:, 2:] <= cfg.image_size) & (b[:, 2:] > b[:, :2])).all() for b in boxes)
+    again = DetectionData(compose("run", TINY), 2)  # cached: same files, same content
+    assert torch.equal(again.test_set[0]["boxes"], data.test_set[0]["boxes"])
+
+
 def test_missing_or_corrupt_coco_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "task=detection", "data=coco", f"data.path={tmp_path}/nowhere"]) == 2
     assert "data.path" in capsys.readouterr().err
+    assert main(["run", "task=detection", "detector=faster_rccn"]) == 2
+    assert "Did you mean 'faster_rcnn'" in capsys.readouterr().err
     write_coco(tmp_path)
     (tmp_path / "annotations" / "instances_val2017.json").write_text("{not json")
     assert main(["run", "task=detection", "data=coco", f"data.path={tmp_path}", "data.train_split=val2017"]) == 2

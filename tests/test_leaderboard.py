@@ -53,6 +53,29 @@ def test_rows_aggregate_seeds_sort_and_show_baseline_deltas(results: Path) -> No
     assert made.rows == 3 and made.failed == 1
 
 
+def detection_record(results: Path, detector: str, op: str, upsampler: str, m_ap: float) -> Path:
+    config = {"op": op, "seed": 0, "backbone": "resnet18", "upsampler": upsampler, "data": {"name": "shapes"},
+              "recipe": {"name": "quick"}}
+    r = new_record("detection", config, f"bench run task=detection op={op} upsampler={upsampler}", "d" * 64)
+    r.update(status="success", detector=detector, upsampler=upsampler, metrics={"mAP": m_ap, "mAP50": 2 * m_ap},
+             efficiency={"params": 1000, "macs": 10**9})
+    r["provenance"]["hardware"] = {"label": "CPU A"}
+    return write_record(r, results)
+
+
+def test_detection_rows_split_by_detector_and_upsampler(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    detection_record(folder, "retinanet", "conv", "nearest", 0.30)
+    detection_record(folder, "retinanet", "ddf", "ddf_up", 0.35)
+    detection_record(folder, "faster_rcnn", "conv", "nearest", 0.40)
+    generate([folder], tmp_path)
+    lines = [line for line in (tmp_path / "README.md").read_text().splitlines() if " resnet18 |" in line]
+    cells = [[c.strip() for c in line.split("|")[1:4]] for line in lines]
+    assert cells == [["faster_rcnn resnet18", "conv", "nearest"], ["retinanet resnet18", "ddf", "ddf_up"],
+                     ["retinanet resnet18", "conv", "nearest"]]  # sorted by mAP; detectors never averaged together
+    assert "| +5.00 |" in lines[1]  # mAP delta to conv of the same detector, backbone and recipe
+
+
 def test_hardware_is_never_mixed_and_failed_runs_are_listed_apart(results: Path) -> None:
     generate([results], results.parent)
     md = (results.parent / "README.md").read_text()
