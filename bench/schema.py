@@ -84,8 +84,8 @@ class DetectionDataConfig:
 
 
 @dataclass
-class RecipeConfig:
-    """A classification training protocol; the global batch is kept whatever the world size."""
+class TrainingRecipe:
+    """What every training protocol states; the global batch is kept whatever the world size."""
 
     name: str = "quick"
     source: str = ""
@@ -94,49 +94,40 @@ class RecipeConfig:
     epochs: int = 1
     optimizer: str = "sgd"
     lr: float = 0.1
-    base_batch: int = 128
+    base_batch: int = 128  # lr is stated for this global batch and scaled linearly with it
     momentum: float = 0.9
-    nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "cosine"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    crop_padding: int = 0
-    random_resized_crop: bool = False
     flip: bool = True
     precision: str = "32-true"
     eval_batch: int = 256
 
 
 @dataclass
-class DetectionRecipeConfig:
-    """A detection training protocol (mmdet-style step schedule); the global batch is kept whatever the world size."""
+class RecipeConfig(TrainingRecipe):
+    """A classification protocol: per-step cosine or step schedule, warm-up in epochs, crop augmentation."""
 
-    name: str = "quick"
-    source: str = ""
+    nesterov: bool = False
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    crop_padding: int = 0
+    random_resized_crop: bool = False
+
+
+@dataclass
+class DetectionRecipeConfig(TrainingRecipe):
+    """A detection protocol: model widths, mmdet-style warm-up and step schedule, resize bounds."""
+
     default_backbone: str = "resnet18"
     fpn_channels: int = 256
     head_convs: int = 4
-    global_batch: int = 16
-    max_device_batch: int = 16
-    epochs: int = 12
-    optimizer: str = "sgd"
-    lr: float = 0.02
-    base_batch: int = 16
-    momentum: float = 0.9
-    weight_decay: float = 1.0e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
-    milestones: list[int] = field(default_factory=lambda: [8, 11])
-    gamma: float = 0.1
     grad_clip: Optional[float] = None
     min_size: int = 800
     max_size: int = 1333
-    flip: bool = True
-    precision: str = "32-true"
-    eval_batch: int = 8
 
 
 @dataclass
