@@ -134,7 +134,8 @@ def provenance(command: str) -> dict[str, Any]:
             versions[name] = version(name)
         except PackageNotFoundError:
             continue
-    status = _git("status", "--porcelain")
+    # Result records and generated leaderboards are outputs, not code: they never make the tree dirty.
+    status = _git("status", "--porcelain", "--", ":/", ":(exclude,top)leaderboards")
     return {
         "command": command,
         "git_commit": _git("rev-parse", "HEAD"),
