@@ -52,7 +52,8 @@ class Row:
 
 def _figure(record: dict[str, Any], name: str) -> Any:
     if name in record.get("metrics", {}):
-        return record["metrics"][name]
+        value = record["metrics"][name]
+        return None if value < 0 and name.startswith(("mAP", "mAR")) else value  # COCO's -1: no such objects
     value = record.get("efficiency", {}).get(name)
     return value.get("median") if isinstance(value, dict) else value
 

@@ -57,7 +57,7 @@ def detection_record(results: Path, detector: str, op: str, upsampler: str, m_ap
     config = {"op": op, "seed": 0, "backbone": "resnet18", "upsampler": upsampler, "data": {"name": "shapes"},
               "recipe": {"name": "quick"}}
     r = new_record("detection", config, f"bench run task=detection op={op} upsampler={upsampler}", "d" * 64)
-    r.update(status="success", detector=detector, upsampler=upsampler, metrics={"mAP": m_ap, "mAP50": 2 * m_ap},
+    r.update(status="success", detector=detector, upsampler=upsampler, metrics={"mAP": m_ap, "mAP50": 2 * m_ap, "mAP_large": -1.0},
              efficiency={"params": 1000, "macs": 10**9})
     r["provenance"]["hardware"] = {"label": "CPU A"}
     return write_record(r, results)
@@ -74,6 +74,7 @@ def test_detection_rows_split_by_detector_and_upsampler(tmp_path: Path) -> None:
     assert cells == [["faster_rcnn resnet18", "conv", "nearest"], ["retinanet resnet18", "ddf", "ddf_up"],
                      ["retinanet resnet18", "conv", "nearest"]]  # sorted by mAP; detectors never averaged together
     assert "| +5.00 |" in lines[1]  # mAP delta to conv of the same detector, backbone and recipe
+    assert "| 35.00 | 70.00 | - |" in lines[1]  # APs in %; COCO's -1 (no large objects) is shown as missing
 
 
 def test_hardware_is_never_mixed_and_failed_runs_are_listed_apart(results: Path) -> None:
