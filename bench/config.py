@@ -24,6 +24,8 @@ from operators.registry import OperatorError, list_ops, unknown_name_message
 CONFIG_MODULE = "bench.conf"
 OPEN_KEYS = ("op_kwargs", "upsampler_kwargs")
 """Dict keys whose sub-keys are free (operator arguments): ``op_kwargs.x=1`` adds ``x``."""
+DETECTION_KEYS = ("upsampler", "detector")
+"""Top-level keys that only the detection task reads; other tasks refuse them rather than ignore them."""
 TASK_SCOPED = ("data", "recipe")
 """Groups whose options can be task-specific: ``recipe/detection_quick.yaml`` is ``recipe=quick`` for detection."""
 
@@ -155,6 +157,9 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(_explain(err)) from None
     if "op" in cfg and cfg.op not in (available := list_ops()):
         raise ConfigError(unknown_name_message("operator", str(cfg.op), available))
+    for key in DETECTION_KEYS:
+        if cfg.get(key) and task != "detection":
+            raise ConfigError(f"{key}={cfg.get(key)} only applies to task=detection (this is task={task}); drop it.")
     if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
         raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):
