@@ -45,42 +45,40 @@ class DetectionTaskConfig:
 
 
 @dataclass
-class DataConfig:
-    """A classification dataset: built-in generator, hub id or local path, and how to read it."""
+class DataSource:
+    """Where a dataset comes from: a local path, or the built-in generator with its seed, image size and split sizes."""
 
     name: str = "shapes"
     source: str = "shapes"
     path: Optional[str] = None
-    hub_id: Optional[str] = None
-    image_column: str = "image"
-    label_column: str = "label"
-    image_size: int = 32
-    val_fraction: float = 0.1
     generator_seed: int = 0
+    image_size: int = 32
     train_size: int = 0
     val_size: int = 0
     test_size: int = 0
+
+
+@dataclass
+class DataConfig(DataSource):
+    """A classification dataset: built-in generator, hub id or local path, and how to read it."""
+
+    hub_id: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
+    val_fraction: float = 0.1
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
 
 
 @dataclass
-class DetectionDataConfig:
+class DetectionDataConfig(DataSource):
     """A COCO-format detection dataset: ``path/annotations/instances_{split}.json`` and ``path/{split}/``."""
 
-    name: str = "coco"
-    source: str = "coco"
-    path: Optional[str] = None
     train_split: str = "train2017"
     val_split: str = "val2017"
     test_split: str = "val2017"
     annotations: str = "annotations/instances_{split}.json"
     images: str = "{split}"
-    generator_seed: int = 0
-    image_size: int = 0
-    train_size: int = 0
-    val_size: int = 0
-    test_size: int = 0
 
 
 @dataclass
