@@ -11,8 +11,10 @@ path with the reason and skipped. The same inputs always give byte-identical out
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
+import json
 import re
 import shlex
 import statistics
@@ -75,17 +77,44 @@ def _hardware(record: dict[str, Any]) -> str:
     return hw.get("label", "unknown hardware") + (f", {precision}" if precision else "")
 
 
+def _with_kwargs(name: str | None, kwargs: dict[str, Any] | None) -> str:
+    """``octconv`` or ``octconv(alpha=0.25)``: runs with different operator arguments are different rows."""
+    if not name:
+        return "-"
+    return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})" if kwargs else name
+
+
+def _protocol(record: dict[str, Any]) -> str:
+    """Fingerprint of the recipe and data settings a record ran with (the data location excepted)."""
+    config = record.get("config", {})
+    data = {k: v for k, v in (config.get("data") or {}).items() if k != "path"}
+    text = json.dumps({"recipe": config.get("recipe"), "data": data}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def _recipe_labels(records: list[tuple[Path, dict]]) -> dict[Path, str]:
+    """The recipe name, suffixed with the protocol fingerprint where one name ran with different settings,
+    so that a recipe edited between runs (or overridden on the command line) is never averaged with itself."""
+    variants: dict[tuple, set[str]] = defaultdict(set)
+    for _, r in records:
+        variants[(r["task"], r.get("data"), r.get("recipe"))].add(_protocol(r))
+    return {path: (r.get("recipe") or "-") + (f"@{_protocol(r)}" if len(variants[(r["task"], r.get("data"),
+                                                                                 r.get("recipe"))]) > 1 else "")
+            for path, r in records}
+
+
 def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[Row]]:
     """Successful records by (task, data, hardware), each a list of rows sorted by the primary metric."""
     tables: dict[tuple[str, str, str], dict[tuple, Row]] = defaultdict(dict)
-    for path, record in records:
-        if record["status"] != "success":
-            continue
+    succeeded = [(path, record) for path, record in records if record["status"] == "success"]
+    recipes = _recipe_labels(succeeded)
+    for path, record in succeeded:
         section = (record["task"], record.get("data") or "-", _hardware(record))
         model = record.get("backbone") or "-"
         if record.get("detector"):  # RetinaNet and Faster R-CNN rows are never averaged together
             model = f"{record['detector']} {model}"
-        key = (model, record.get("op") or "-", record.get("upsampler") or "-", record.get("recipe") or "-")
+        key = (model, _with_kwargs(record.get("op"), record.get("op_kwargs")),
+               _with_kwargs(record.get("upsampler"), record["config"].get("upsampler_kwargs")), recipes[path])
         tables[section].setdefault(key, Row(key)).records.append((path, record))
     out = {}
     for section, rows in sorted(tables.items()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from PIL import Image
 
 from bench.cli import main
 from bench.leaderboard import collect, generate
-from bench.results import new_record, write_record
+from bench.results import new_record, read_record, write_record
 
 
 def record(results: Path, op: str, seed: int, top1: float, *, hardware: str = "CPU A", status: str = "success",
@@ -143,3 +144,23 @@ def test_committed_records_are_valid() -> None:
     committed = Path(__file__).resolve().parents[1] / "leaderboards" / "results"
     _, invalid = collect([committed])
     assert invalid == []
+
+
+def test_different_protocols_or_operator_arguments_are_never_averaged(tmp_path: Path) -> None:
+    folder = tmp_path / "leaderboards" / "results"
+    for seed in (0, 1):
+        record(folder, "conv", seed, 0.8)
+    edited = record(folder, "conv", 2, 0.4)  # same recipe name, edited recipe: a different protocol
+    r = read_record(edited)
+    r["config"]["recipe"]["epochs"] = 1
+    edited.write_text(json.dumps(r))
+    alpha = record(folder, "octconv", 0, 0.6)
+    r = read_record(alpha)
+    r["op_kwargs"] = {"alpha": 0.25}
+    alpha.write_text(json.dumps(r))
+    generate([folder], folder.parent)
+    rows = [line for line in (folder.parent / "README.md").read_text().splitlines() if line.startswith("| resnet20")]
+    quick_rows = [line for line in rows if "| conv |" in line]
+    assert len(quick_rows) == 2 and len({line.split(" | ")[3] for line in quick_rows}) == 2
+    assert any("80.00 +/- 0.00 (n=2)" in line for line in quick_rows)
+    assert any("| octconv(alpha=0.25) |" in line for line in rows)
