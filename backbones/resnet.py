@@ -50,7 +50,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.act(self.bn1(self.conv1(x)))
-        return self.act(self.bn2(self.conv2(y)) + shortcut)
+        return self.act(self.bn2(self.conv2(y)).add_(shortcut))  # in place into the fresh BN output
 
 
 class Bottleneck(nn.Module):
@@ -74,7 +74,7 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.act(self.bn1(self.conv1(x)))
         y = self.act(self.bn2(self.conv2(y)))
-        return self.act(self.bn3(self.conv3(y)) + shortcut)
+        return self.act(self.bn3(self.conv3(y)).add_(shortcut))  # in place into the fresh BN output
 
 
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
@@ -99,9 +99,10 @@ class OctNorm(nn.Module):
 
 
 def _add_relu(a: Tensor | tuple, b: Tensor | tuple) -> Tensor | tuple:
+    """relu(a + b) written into ``a`` (a fresh BatchNorm output), per frequency for octave tensors."""
     if isinstance(a, Tensor):
-        return F.relu(a + b, inplace=True)
-    return tuple(F.relu(x + y, inplace=True) for x, y in zip(a, b))
+        return a.add_(b).relu_()
+    return tuple(x.add_(y).relu_() for x, y in zip(a, b))
 
 
 class OctBlock(nn.Module):

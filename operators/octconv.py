@@ -42,6 +42,15 @@ def _max_pool(x: Tensor, factor: int) -> Tensor:
     return F.max_pool2d(x, factor, factor, ceil_mode=True) if factor > 1 else x
 
 
+def _add_upsampled_(y: Tensor, low: Tensor) -> Tensor:
+    """``y += nearest_upsample(low)`` in place; an exact 2x is a broadcast add, with no upsampled copy."""
+    (h, w), (lh, lw) = y.shape[-2:], low.shape[-2:]
+    if (h, w) == (2 * lh, 2 * lw):
+        y.unflatten(3, (lw, 2)).unflatten(2, (lh, 2)).add_(low[:, :, :, None, :, None])
+        return y
+    return y.add_(F.interpolate(low, size=(h, w), mode="nearest"))
+
+
 def _out_or_tuple(outputs: list[Tensor | None]) -> MultiScale:
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -86,11 +95,11 @@ class OctConv(nn.Module):
             x_l = _avg_pool(x_l, self.stride)
             low_h, low_l = self.from_low(x_l).split([self.out_scales[0], self.from_low.out_channels
                                                      - self.out_scales[0]], dim=1)
-            y_h = y_h + F.interpolate(low_h, size=y_h.shape[-2:], mode="nearest")
+            _add_upsampled_(y_h, low_h)
         if len(self.out_scales) == 1:
             return y_h
         y_l = self.h2l(_avg_pool(x_h, 2))
-        return y_h, (y_l + low_l if self.from_low is not None else y_l)
+        return y_h, (y_l.add_(low_l) if self.from_low is not None else y_l)
 
     def macs(self, x: MultiScale) -> int:
         x_h, x_l = (_as_scales(x, len(self.in_scales)) + [None])[:2]

@@ -93,3 +93,26 @@ def test_goctconv_without_cross_scale_keeps_scales_apart() -> None:
     assert torch.equal(y0, m((x0, torch.randn(1, 4, 4, 4)))[0])
     with pytest.raises(OperatorError, match="equal channels per scale"):
         create_op("goctconv", 8, 16, depthwise=True)
+
+
+@pytest.mark.parametrize("size", [8, 7])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_in_place_sums_equal_the_paper_formula_forward_and_backward(size: int, layout: torch.memory_format) -> None:
+    """The in-place, broadcast L->H add gives the paper's sum and the same gradients, on even and odd sizes."""
+    m = create_op("octconv", 8, 6).to(memory_format=layout)
+    x_h = torch.randn(2, 4, size, size).contiguous(memory_format=layout).requires_grad_()
+    x_l = torch.randn(2, 4, (size + 1) // 2, (size + 1) // 2).contiguous(memory_format=layout).requires_grad_()
+
+    def reference() -> tuple[torch.Tensor, torch.Tensor]:
+        low = F.conv2d(x_l, m.from_low.weight, padding=1)
+        y_h = F.conv2d(x_h, m.h2h.weight, padding=1) + F.interpolate(low[:, :3], size=(size, size), mode="nearest")
+        pooled = F.avg_pool2d(x_h, 2, ceil_mode=True)
+        return y_h, F.conv2d(pooled, m.h2l.weight, padding=1) + low[:, 3:]
+
+    outs, refs = m((x_h, x_l)), reference()
+    for out, ref in zip(outs, refs):
+        assert torch.allclose(out, ref, atol=1e-5)
+    grads = torch.autograd.grad(sum(o.square().sum() for o in outs), [x_h, x_l, *m.parameters()])
+    ref_grads = torch.autograd.grad(sum(r.square().sum() for r in refs), [x_h, x_l, *m.parameters()])
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-4)
