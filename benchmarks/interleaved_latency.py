@@ -5,7 +5,7 @@ This script builds every model once, then times them round-robin (each round mea
 and reports per-model medians over rounds and their ratio to `conv`, at each batch size.
 
 Usage: python benchmarks/interleaved_latency.py [--backbone resnet50] [--ops conv,octconv,...]
-                                                [--batch 1 8] [--rounds 5] [--json out.json]
+                                                [--batch 1 8] [--rounds 5] [--json out.json] [--nchw]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bench.results import hardware
 from operators import OperatorError, list_ops
 
 
-def build(backbone: str, ops: list[str]) -> dict[str, torch.nn.Module]:
+def build(backbone: str, ops: list[str], layout: torch.memory_format) -> dict[str, torch.nn.Module]:
     models = {}
     for op in ops:
         try:
@@ -31,7 +31,7 @@ def build(backbone: str, ops: list[str]) -> dict[str, torch.nn.Module]:
         except OperatorError as err:
             print(f"skipped {op}: {err}")
             continue
-        models[op] = model.eval().to(memory_format=torch.channels_last)
+        models[op] = model.eval().to(memory_format=layout)
     return models
 
 
@@ -56,15 +56,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--nchw", action="store_true", help="time in the contiguous (NCHW) layout, not channels-last")
     args = parser.parse_args()
     ops = list_ops("conv") if args.ops == "all" else args.ops.split(",")
     if "conv" not in ops:
         ops.insert(0, "conv")
-    models = build(args.backbone, ops)
-    result = {"backbone": args.backbone, "size": args.size, "rounds": args.rounds, "channels_last": True,
+    layout = torch.contiguous_format if args.nchw else torch.channels_last
+    models = build(args.backbone, ops, layout)
+    result = {"backbone": args.backbone, "size": args.size, "rounds": args.rounds, "channels_last": not args.nchw,
               "hardware": hardware("cpu"), "batches": {}}
     for batch in args.batch:
-        x = torch.randn(batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, args.size, args.size).contiguous(memory_format=layout)
         medians = interleaved(models, x, args.rounds, iters=8 if batch == 1 else 2)
         result["batches"][str(batch)] = {op: {"median_ms": ms, "vs_conv": ms / medians["conv"]}
                                          for op, ms in medians.items()}
