@@ -18,6 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bench.recipes import OPTIMIZERS
 from bench.schema import register_schemas
 from operators.registry import OperatorError, list_ops, unknown_name_message
 
@@ -160,6 +161,8 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     for key in DETECTION_KEYS:
         if cfg.get(key) and task != "detection":
             raise ConfigError(f"{key}={cfg.get(key)} only applies to task=detection (this is task={task}); drop it.")
+    if cfg.get("recipe") and cfg.recipe.optimizer not in OPTIMIZERS:
+        raise ConfigError(unknown_name_message("optimizer (recipe.optimizer)", str(cfg.recipe.optimizer), list(OPTIMIZERS)))
     if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
         raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):

@@ -95,12 +95,12 @@ def _protocol(record: dict[str, Any]) -> str:
 def _recipe_labels(records: list[tuple[Path, dict]]) -> dict[Path, str]:
     """The recipe name, suffixed with the protocol fingerprint where one name ran with different settings,
     so that a recipe edited between runs (or overridden on the command line) is never averaged with itself."""
+    named = {path: (r["task"], r.get("data"), r.get("recipe") or "-") for path, r in records}
+    protocols = {path: _protocol(r) for path, r in records}
     variants: dict[tuple, set[str]] = defaultdict(set)
-    for _, r in records:
-        variants[(r["task"], r.get("data"), r.get("recipe"))].add(_protocol(r))
-    return {path: (r.get("recipe") or "-") + (f"@{_protocol(r)}" if len(variants[(r["task"], r.get("data"),
-                                                                                 r.get("recipe"))]) > 1 else "")
-            for path, r in records}
+    for path, name in named.items():
+        variants[name].add(protocols[path])
+    return {path: name[2] + (f"@{protocols[path]}" if len(variants[name]) > 1 else "") for path, name in named.items()}
 
 
 def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[Row]]:

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 
 from omegaconf import DictConfig
 
+OPTIMIZERS = ("sgd", "adamw")
+"""What a recipe's ``optimizer`` may name (SGD with momentum, optionally Nesterov; AdamW)."""
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be run as specified on this many devices."""

@@ -24,7 +24,7 @@ from bench.recipes import BatchPlan, plan_batches
 from bench.results import hardware
 from tasks import register_task
 from tasks.data import load_classification, num_classes, with_transform
-from tasks.training import build_trainer, check_finite, fit
+from tasks.training import build_optimizer, build_trainer, check_finite, fit
 
 
 def image_transforms(data: DictConfig, recipe: DictConfig, train: bool) -> v2.Compose:
@@ -104,13 +104,7 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         r = self.recipe
-        if r.optimizer == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=self.plan.lr, momentum=r.momentum, nesterov=r.nesterov,
-                                  weight_decay=r.weight_decay)
-        elif r.optimizer == "adamw":
-            opt = torch.optim.AdamW(self.parameters(), lr=self.plan.lr, weight_decay=r.weight_decay)
-        else:
-            raise ValueError(f"recipe {r.name}: optimizer must be sgd or adamw, got {r.optimizer!r}")
+        opt = build_optimizer(self.parameters(), r, self.plan.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = total / max(1, r.epochs)
         warmup = int(r.warmup_epochs * per_epoch)

@@ -29,7 +29,7 @@ from bench.results import hardware
 from operators.registry import unknown_name_message
 from tasks import register_task
 from tasks.detection_data import CocoDetection, collate, detection_transforms, split_paths
-from tasks.training import build_trainer, check_finite, fit
+from tasks.training import build_optimizer, build_trainer, check_finite, fit
 
 BASE_CONFIGS = {"retinanet": "retinanet_r50_fpn.py", "faster_rcnn": "faster-rcnn_r50_fpn.py"}
 """mmdet's model-zoo configs each detector starts from (shipped inside the mmdet package)."""
@@ -190,12 +190,7 @@ class DetectionModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         r = self.recipe
-        if r.optimizer == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=self.plan.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-        elif r.optimizer == "adamw":
-            opt = torch.optim.AdamW(self.parameters(), lr=self.plan.lr, weight_decay=r.weight_decay)
-        else:
-            raise ValueError(f"recipe {r.name}: optimizer must be sgd or adamw, got {r.optimizer!r}")
+        opt = build_optimizer(self.parameters(), r, self.plan.lr)
         per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max(1, int(r.epochs)))
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(r, step, per_epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -225,7 +220,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     from tasks.profile import profile_model
 
     require_mmdet()
-    detector_name(cfg)  # a mistake is reported before any data is generated
+    kind = detector_name(cfg)  # a mistake is reported before any data is generated
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
     plan = plan_batches(cfg.recipe, probe.world_size)
@@ -245,7 +240,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         efficiency.update(params=sum(p.numel() for p in detector.parameters()),
                           scope="params: whole detector; MACs, latency: backbone + FPN at min_size x min_size")
     return {"metrics": metrics, "efficiency": efficiency, "backbone": backbone, "upsampler": upsampler,
-            "detector": detector_name(cfg), "mmdet_config": model_cfg, "batch_plan": plan.to_dict(),
+            "detector": kind, "mmdet_config": model_cfg, "batch_plan": plan.to_dict(),
             "steps": int(trainer.global_step), "resumed_from_step": resumed_step, "world_size": trainer.world_size,
             "precision": str(trainer.precision), "op_metadata": detector.backbone.op_metadata,
             "hardware": hardware(str(module.device))}

@@ -14,9 +14,21 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
 from omegaconf import DictConfig
 
+from bench.recipes import OPTIMIZERS
+
 
 class DivergedError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+def build_optimizer(params: Any, recipe: DictConfig, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimizer (SGD with momentum, Nesterov if the recipe says so, or AdamW) at ``lr``."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=bool(recipe.get("nesterov", False)),
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"recipe {recipe.name}: optimizer must be one of {OPTIMIZERS}, got {recipe.optimizer!r}")
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:

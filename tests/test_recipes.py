@@ -28,3 +28,20 @@ def test_recipes_state_their_protocols() -> None:
     assert (cifar.epochs, cifar.lr, cifar.weight_decay, list(cifar.milestones)) == (200, 0.05, 5e-4, [100, 150])
     imagenet = compose("run", ["recipe=imagenet"]).recipe
     assert (imagenet.epochs, imagenet.schedule, imagenet.precision) == (120, "cosine", "16-mixed")
+
+
+def test_each_recipe_builds_its_optimizer_and_an_unknown_one_exits_2(capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from bench.cli import main
+    from tasks.training import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    cifar = build_optimizer(params, compose("run", ["recipe=cifar", "recipe.nesterov=true"]).recipe, 0.05)
+    assert isinstance(cifar, torch.optim.SGD) and cifar.defaults["nesterov"] and cifar.defaults["momentum"] == 0.9
+    quick = build_optimizer(params, compose("run", ["recipe=quick"]).recipe, 2e-3)
+    assert isinstance(quick, torch.optim.AdamW) and quick.defaults["weight_decay"] == 0.05
+    coco = build_optimizer(params, compose("run", ["task=detection", "recipe=coco_1x"]).recipe, 0.02)
+    assert isinstance(coco, torch.optim.SGD) and not coco.defaults["nesterov"]  # detection recipes state no Nesterov
+    assert main(["run", "task=classification", "recipe.optimizer=adam"]) == 2
+    assert "Did you mean 'adamw'" in capsys.readouterr().err
