@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from backbones.operator_slot import SlotFiller, operator_module_ids
 from backbones.staged import StagedNet
+from operators.conv import Pointwise
 
 # expansion t, output channels c, repeats n, first stride s (the paper's Table 2)
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -21,7 +22,9 @@ STAGE_ENDS = (0, 1, 2, 4, 6)
 
 
 def conv_bn_act(cin: int, cout: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, kernel_size // 2, bias=False),
+    conv = (Pointwise(cin, cout, stride) if kernel_size == 1 else
+            nn.Conv2d(cin, cout, kernel_size, stride, kernel_size // 2, bias=False))
+    return nn.Sequential(conv,
                          nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
 
 
@@ -35,7 +38,7 @@ class InvertedResidual(nn.Module):
         self.expand = conv_bn_act(cin, hidden, 1) if expand != 1 else nn.Identity()
         self.spatial = nn.Sequential(fill(f"{name}.spatial", hidden, hidden, 3, stride, depthwise=True),
                                      nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True))
-        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.project = nn.Sequential(Pointwise(hidden, cout), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.project(self.spatial(self.expand(x)))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from backbones.operator_slot import SlotFiller, operator_module_ids
 from backbones.staged import ClassifierHead
+from operators.conv import Pointwise
 from operators.octconv import OctConv
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -61,11 +62,11 @@ class Bottleneck(nn.Module):
     def __init__(self, fill: SlotFiller, name: str, in_channels: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         out = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.conv1 = Pointwise(in_channels, planes)
         self.bn1 = _bn(planes)
         self.conv2 = fill(f"{name}.conv2", planes, planes, 3, stride)
         self.bn2 = _bn(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.conv3 = Pointwise(planes, out)
         self.bn3 = _bn(out)
         self.act = nn.ReLU(inplace=True)
         self.downsample = _projection(in_channels, out, stride)
@@ -80,7 +81,7 @@ class Bottleneck(nn.Module):
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), _bn(out_channels))
+    return nn.Sequential(Pointwise(in_channels, out_channels, stride), _bn(out_channels))
 
 
 class OctNorm(nn.Module):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from backbones.operator_slot import SlotFiller, operator_module_ids
 from backbones.staged import StagedNet
+from operators.conv import Pointwise
 
 WIDTHS = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1024), 1.5: (24, 176, 352, 704, 1024),
           2.0: (24, 244, 488, 976, 2048)}
@@ -30,7 +31,7 @@ def channel_shuffle(x: Tensor, groups: int = 2) -> Tensor:
 
 
 def pw_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(Pointwise(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ShuffleUnit(nn.Module):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from backbones.operator_slot import SlotFiller, operator_module_ids
 from backbones.staged import StagedNet
+from operators.conv import Pointwise
 
 ENCODERS = (((12, 12, 48), 4), ((24, 24, 96), 6), ((48, 48, 192), 4))
 
@@ -29,7 +30,7 @@ class SeparableConv(nn.Module):
         super().__init__()
         self.spatial = fill(slot, cin, cin, 3, stride, depthwise=True)
         self.bn1 = nn.BatchNorm2d(cin)
-        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pointwise = Pointwise(cin, cout)
         self.bn2 = nn.BatchNorm2d(cout)
         self.act = nn.ReLU(inplace=True)
 
@@ -46,7 +47,7 @@ class XceptionBlock(nn.Module):
         self.convs = nn.Sequential(*(SeparableConv(fill, f"{slot}.sep{i}", chans[i], chans[i + 1],
                                                    stride if i == 0 else 1) for i in range(3)))
         self.shortcut = (nn.Identity() if stride == 1 and cin == chans[-1] else
-                         nn.Sequential(nn.Conv2d(cin, chans[-1], 1, stride, bias=False), nn.BatchNorm2d(chans[-1])))
+                         nn.Sequential(Pointwise(cin, chans[-1], stride), nn.BatchNorm2d(chans[-1])))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.convs(x) + self.shortcut(x)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from operators.conv import conv_macs
+from operators.conv import Pointwise, conv_macs
 from operators.registry import OperatorError, register_op
 
 
@@ -38,7 +38,7 @@ class CARAFE(nn.Module):
         if up_kernel % 2 != 1 or encoder_kernel % 2 != 1:
             raise OperatorError("carafe: up_kernel and encoder_kernel must be odd")
         self.scale, self.up_kernel = scale_factor, up_kernel
-        self.compressor = nn.Conv2d(channels, compressed_channels, 1)
+        self.compressor = Pointwise(channels, compressed_channels, bias=True)
         self.encoder = nn.Conv2d(compressed_channels, up_kernel**2 * scale_factor**2, encoder_kernel,
                                  padding=encoder_kernel // 2)
         nn.init.xavier_uniform_(self.compressor.weight)

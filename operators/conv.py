@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from operators.registry import OperatorError, register_op
@@ -23,6 +24,39 @@ def conv_macs(conv: nn.Conv2d, shape: tuple[int, ...] | torch.Size) -> int:
     h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     return n * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw * h_out * w_out
+
+
+#: At or below this many output positions (batch x height x width), a channels-last 1x1 convolution on the CPU
+#: runs as one matrix product: there oneDNN's 1x1 kernel takes up to 2.3x the time of the same GEMM (ResNet-50's
+#: stage 4 at batch 1), while from about 4x this size on it is the faster one (benchmarks/pointwise_gemm.py).
+GEMM_MAX_POSITIONS = 128
+
+
+class Pointwise(nn.Conv2d):
+    """1x1 convolution (any stride) that computes small channels-last CPU inputs as a GEMM.
+
+    Same parameters, state dict and result as ``nn.Conv2d(cin, cout, 1, stride)``; only the kernel differs
+    where oneDNN's is slow (see ``GEMM_MAX_POSITIONS``), so every network that uses it gets the speed-up.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _prefers_gemm(x, self.stride[0]):
+            return super().forward(x)
+        if self.stride != (1, 1):
+            x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=torch.channels_last)
+        # channels-last memory is (N, H, W, C): the permuted view is a contiguous (positions x channels) matrix
+        y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return y.permute(0, 3, 1, 2)
+
+
+def _prefers_gemm(x: Tensor, stride: int) -> bool:
+    n, _, h, w = x.shape
+    positions = n * -(-h // stride) * -(-w // stride)
+    return (x.device.type == "cpu" and positions <= GEMM_MAX_POSITIONS
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 @register_op("conv", kind="conv", paper=None, dilation=True, exact_macs=True)
@@ -49,7 +83,7 @@ class DepthwiseSeparableConv(nn.Module):
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride,
                                    padding=same_padding(kernel_size, dilation), dilation=dilation,
                                    groups=in_channels, bias=False)
-        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+        self.pointwise = Pointwise(in_channels, out_channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pointwise(self.depthwise(x))

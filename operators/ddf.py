@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from operators.conv import Pointwise
 from operators.registry import OperatorError, register_op
 
 COMBINES = ("mul", "add")
@@ -261,7 +262,7 @@ class DDF(nn.Module):
         self.head, self.kernel_combine = head, kernel_combine
         taps = kernel_size**2
         gain = nn.init.calculate_gain(nonlinearity)
-        self.spatial_branch = nn.Conv2d(in_channels, head * taps, 1, stride=stride)
+        self.spatial_branch = Pointwise(in_channels, head * taps, stride, bias=True)
         self.spatial_norm = FilterNorm(head, kernel_size, "spatial", gain, learnable_std=False)
         mid = max(1, int(in_channels * se_ratio))
         self.channel_branch = nn.Sequential(
@@ -322,10 +323,10 @@ class DDFUp(nn.Module):
             nn.Conv2d(branches * mid, branches * channels * taps, 1, groups=branches))
         self.channel_norm = FilterNorm(branches * channels, kernel_size, "channel", gain, learnable_std=True)
         if self.guided:
-            self.spatial_branch = nn.Conv2d(guide_channels, head * taps, 1)
+            self.spatial_branch = Pointwise(guide_channels, head * taps, bias=True)
             self.spatial_norm = FilterNorm(head, kernel_size, "spatial", gain, learnable_std=False)
         else:
-            self.spatial_branch = nn.Conv2d(channels, branches * head * taps, 1)
+            self.spatial_branch = Pointwise(channels, branches * head * taps, bias=True)
             self.spatial_norm = FilterNorm(branches * head, kernel_size, "spatial", gain, learnable_std=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from operators.conv import conv_macs, same_padding
+from operators.conv import Pointwise, conv_macs, same_padding
 from operators.registry import OperatorError, register_op
 
 MultiScale = Tensor | Sequence[Tensor | None]
@@ -76,7 +76,10 @@ class OctConv(nn.Module):
         pad = same_padding(kernel_size)
 
         def conv(cin: int, cout: int) -> nn.Conv2d | None:
-            return nn.Conv2d(cin, cout, kernel_size, padding=pad, bias=bias) if cin and cout else None
+            if not (cin and cout):
+                return None
+            return Pointwise(cin, cout, bias=bias) if kernel_size == 1 else nn.Conv2d(cin, cout, kernel_size,
+                                                                                          padding=pad, bias=bias)
 
         (hi_in, lo_in), (hi_out, lo_out) = self.in_scales, self.out_scales
         self.h2h, self.h2l = conv(hi_in, hi_out), conv(hi_in, lo_out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from operators.conv import conv_macs
+from operators.conv import Pointwise, conv_macs
 from operators.registry import OperatorError, register_op
 
 
@@ -53,12 +53,12 @@ class CRU(nn.Module):
         if min(up_sq, low_sq) < 1 or up_sq % group_size:
             raise OperatorError(f"CRU: {channels} channels are too few for alpha={alpha}, "
                                 f"squeeze_ratio={squeeze_ratio}, group_size={group_size}")
-        self.squeeze_upper = nn.Conv2d(self.upper, up_sq, 1, bias=False)
-        self.squeeze_lower = nn.Conv2d(self.lower, low_sq, 1, bias=False)
+        self.squeeze_upper = Pointwise(self.upper, up_sq)
+        self.squeeze_lower = Pointwise(self.lower, low_sq)
         self.group_conv = nn.Conv2d(up_sq, channels, group_kernel_size, padding=group_kernel_size // 2,
                                     groups=group_size)
-        self.point_upper = nn.Conv2d(up_sq, channels, 1, bias=False)
-        self.point_lower = nn.Conv2d(low_sq, channels - low_sq, 1, bias=False)
+        self.point_upper = Pointwise(up_sq, channels)
+        self.point_lower = Pointwise(low_sq, channels - low_sq)
 
     def forward(self, x: Tensor) -> Tensor:
         upper, lower = torch.split(x, [self.upper, self.lower], dim=1)
