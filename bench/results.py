@@ -122,7 +122,8 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
         index = torch.device(device).index or 0
         info["gpu"] = torch.cuda.get_device_name(index)
         info["gpu_count"] = torch.cuda.device_count()
-    info["label"] = info.get("gpu") or f"{info['cpu']} ({info['torch_threads']} threads)"
+    threads = info["torch_threads"]
+    info["label"] = info.get("gpu") or f"{info['cpu']} ({threads} thread{'' if threads == 1 else 's'})"
     return info
 
 

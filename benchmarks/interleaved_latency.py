@@ -6,6 +6,7 @@ and reports per-model medians over rounds and their ratio to `conv`, at each bat
 
 Usage: python benchmarks/interleaved_latency.py [--backbone resnet50] [--ops conv,octconv,...]
                                                 [--batch 1 8] [--rounds 5] [--json out.json] [--nchw]
+                                                [--threads N]
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
     parser.add_argument("--nchw", action="store_true", help="time in the contiguous (NCHW) layout, not channels-last")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ops = list_ops("conv") if args.ops == "all" else args.ops.split(",")
     if "conv" not in ops:
         ops.insert(0, "conv")
