@@ -11,15 +11,17 @@ Usage: python benchmarks/pointwise_gemm.py [--ops conv,octconv] [--rounds 7] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+from collections.abc import Iterator
 
 import timm
 import torch
-import torch.nn.functional as F
 
 import backbones
 import operators.conv as conv_module
+from operators.conv import Pointwise
 from bench.profile import measure_latency
 from bench.results import hardware
 
@@ -30,10 +32,15 @@ SHAPES = [(b, cin, cout, size, stride) for b in (1, 8) for cin, cout, size, stri
     (2048, 512, 7, 1), (512, 2048, 7, 1), (1024, 2048, 7, 2)]]
 
 
-def gemm(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
-    if stride > 1:
-        x = x[:, :, ::stride, ::stride].contiguous(memory_format=torch.channels_last)
-    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
+@contextlib.contextmanager
+def gemm_path(enabled: bool, threshold: int) -> Iterator[None]:
+    """Run ``Pointwise`` with its GEMM path up to ``threshold`` positions, or never; restores the setting."""
+    saved = conv_module.GEMM_MAX_POSITIONS
+    conv_module.GEMM_MAX_POSITIONS = threshold if enabled else 0
+    try:
+        yield
+    finally:
+        conv_module.GEMM_MAX_POSITIONS = saved
 
 
 def shapes_table(iters: int) -> list[dict]:
@@ -41,9 +48,12 @@ def shapes_table(iters: int) -> list[dict]:
     with torch.inference_mode():
         for batch, cin, cout, size, stride in SHAPES:
             x = torch.randn(batch, cin, size * stride, size * stride).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(cout, cin, 1, 1)
-            conv = measure_latency(lambda: F.conv2d(x, w, stride=stride), cpu, warmup=3, iters=iters)["median_ms"]
-            mm = measure_latency(lambda: gemm(x, w, stride), cpu, warmup=3, iters=iters)["median_ms"]
+            m = Pointwise(cin, cout, stride)
+            times = {}
+            for gemm in (False, True):
+                with gemm_path(gemm, threshold=batch * size * size):
+                    times[gemm] = measure_latency(lambda: m(x), cpu, warmup=3, iters=iters)["median_ms"]
+            conv, mm = times[False], times[True]
             rows.append(dict(batch=batch, cin=cin, cout=cout, out_size=size, stride=stride,
                              positions=batch * size * size, conv_ms=conv, gemm_ms=mm, gemm_vs_conv=mm / conv))
             print(f"b{batch} {cin:>4}->{cout:<4} s{stride} {size:>2}x{size:<2} ({batch * size * size:>5} positions): "
@@ -62,10 +72,9 @@ def networks_ab(ops: list[str], batches: list[int], rounds: int) -> dict:
             for r in range(rounds):
                 order = list(samples.items())
                 for (op, on), times in order if r % 2 else reversed(order):  # alternate, so order bias cancels
-                    conv_module.GEMM_MAX_POSITIONS = threshold if on else 0
-                    times.append(measure_latency(lambda: models[op](x), cpu, warmup=1,
-                                                 iters=8 if batch == 1 else 2)["median_ms"])
-            conv_module.GEMM_MAX_POSITIONS = threshold
+                    with gemm_path(on, threshold):
+                        times.append(measure_latency(lambda: models[op](x), cpu, warmup=1,
+                                                     iters=8 if batch == 1 else 2)["median_ms"])
             med = {key: statistics.median(v) for key, v in samples.items()}
             result[str(batch)] = {op: {"conv_only_ms": med[op, False], "with_gemm_ms": med[op, True]} for op in ops}
             for op in ops:

@@ -27,7 +27,7 @@ def conv_macs(conv: nn.Conv2d, shape: tuple[int, ...] | torch.Size) -> int:
 
 
 #: At or below this many output positions (batch x height x width), a channels-last 1x1 convolution on the CPU
-#: runs as one matrix product: there oneDNN's 1x1 kernel takes up to 2.3x the time of the same GEMM (ResNet-50's
+#: runs as one matrix product: there oneDNN's 1x1 kernel takes up to 2.7x the time of the same GEMM (ResNet-50's
 #: stage 4 at batch 1), while from about 4x this size on it is the faster one (benchmarks/pointwise_gemm.py).
 GEMM_MAX_POSITIONS = 128
 
