@@ -24,8 +24,7 @@ STAGE_ENDS = (0, 1, 2, 4, 6)
 def conv_bn_act(cin: int, cout: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
     conv = (Pointwise(cin, cout, stride) if kernel_size == 1 else
             nn.Conv2d(cin, cout, kernel_size, stride, kernel_size // 2, bias=False))
-    return nn.Sequential(conv,
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
 
 
 class InvertedResidual(nn.Module):

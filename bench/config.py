@@ -162,7 +162,11 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         if cfg.get(key) and task != "detection":
             raise ConfigError(f"{key}={cfg.get(key)} only applies to task=detection (this is task={task}); drop it.")
     if cfg.get("recipe") and cfg.recipe.optimizer not in OPTIMIZERS:
-        raise ConfigError(unknown_name_message("optimizer (recipe.optimizer)", str(cfg.recipe.optimizer), list(OPTIMIZERS)))
+        raise ConfigError(unknown_name_message("optimizer (recipe.optimizer)", str(cfg.recipe.optimizer),
+                                               list(OPTIMIZERS)))
+    if (threads := cfg.get("task", {}).get("threads")) is not None and threads < 1:
+        raise ConfigError(f"task.threads={threads}: give a positive number of CPU threads, or leave it unset "
+                          "for torch's default (one per core).")
     if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
         raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):

@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--nchw", action="store_true", help="time in the contiguous (NCHW) layout, not channels-last")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, one per core)")
     args = parser.parse_args()
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be a positive number of threads")
         torch.set_num_threads(args.threads)
     ops = list_ops("conv") if args.ops == "all" else args.ops.split(",")
     if "conv" not in ops:

@@ -78,8 +78,9 @@ class OctConv(nn.Module):
         def conv(cin: int, cout: int) -> nn.Conv2d | None:
             if not (cin and cout):
                 return None
-            return Pointwise(cin, cout, bias=bias) if kernel_size == 1 else nn.Conv2d(cin, cout, kernel_size,
-                                                                                          padding=pad, bias=bias)
+            if kernel_size == 1:
+                return Pointwise(cin, cout, bias=bias)
+            return nn.Conv2d(cin, cout, kernel_size, padding=pad, bias=bias)
 
         (hi_in, lo_in), (hi_out, lo_out) = self.in_scales, self.out_scales
         self.h2h, self.h2l = conv(hi_in, hi_out), conv(hi_in, lo_out)

@@ -77,7 +77,7 @@ def profile_model(model: torch.nn.Module, size: int, batch: int, *, device: torc
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
     t = cfg.task
-    if t.threads:
+    if t.threads is not None:
         torch.set_num_threads(t.threads)
     device = torch.device(t.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -46,6 +46,7 @@ def test_cfg_prints_the_composed_config(capsys: pytest.CaptureFixture) -> None:
     (["run", "task.batchh=2"], "Did you mean 'task.batch'?"),
     (["run", "task=profil"], "Did you mean 'profile'?"),
     (["run", "task.batch=abc"], "Invalid value for 'task.batch'"),
+    (["profile", "task.threads=0"], "give a positive number of CPU threads"),
     (["run", "seed=0,1"], "add -m"),
     (["run", "op=conv,"], "Cannot parse"),
     (["check", "op=conv", "channels=x"], "channels expects int"),

@@ -58,8 +58,8 @@ def detection_record(results: Path, detector: str, op: str, upsampler: str, m_ap
     config = {"op": op, "seed": 0, "backbone": "resnet18", "upsampler": upsampler, "data": {"name": "shapes"},
               "recipe": {"name": "quick"}}
     r = new_record("detection", config, f"bench run task=detection op={op} upsampler={upsampler}", "d" * 64)
-    r.update(status="success", detector=detector, upsampler=upsampler, metrics={"mAP": m_ap, "mAP50": 2 * m_ap, "mAP_large": -1.0},
-             efficiency={"params": 1000, "macs": 10**9})
+    r.update(status="success", detector=detector, upsampler=upsampler,
+             metrics={"mAP": m_ap, "mAP50": 2 * m_ap, "mAP_large": -1.0}, efficiency={"params": 1000, "macs": 10**9})
     r["provenance"]["hardware"] = {"label": "CPU A"}
     return write_record(r, results)
 
