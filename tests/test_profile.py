@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
-from bench.profile import count_macs, count_params, counter_macs, measure_latency, profile_module, saved_activation_bytes
+from bench.profile import (count_macs, count_params, counter_macs, measure_latency, profile_module, retain_freed_memory,
+                           saved_activation_bytes)
+from bench.results import hardware
 from operators import create_op, create_upsampler, register_op
 
 
@@ -61,3 +67,20 @@ def test_latency_and_profile_record() -> None:
     assert prof.macs == 2 * prof.macs_per_sample == 2 * 8 * 8 * 9 * 64
     assert prof.params == 8 * 8 * 9
     assert prof.train_step_ms > 0 and prof.throughput_per_s > 0
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_timings_reuse_freed_memory_instead_of_faulting_it_back() -> None:
+    """After a timing, a freed 16 MiB tensor stays in the process (glibc would otherwise unmap it)."""
+    measure_latency(lambda: None, torch.device("cpu"), warmup=0, iters=1)
+    policy = retain_freed_memory()
+    assert hardware("cpu")["malloc"] == policy
+    if policy != "glibc, freed memory retained":
+        pytest.skip(f"malloc here is not glibc's ({policy})")
+    x = torch.ones(4 * 2**20)
+    written = _resident_bytes()
+    del x
+    assert _resident_bytes() > written - 8 * 2**20
