@@ -72,9 +72,12 @@ def collect(dirs: Iterable[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[P
 
 
 def _hardware(record: dict[str, Any]) -> str:
+    """Where and how latencies were measured: compiled and eager timings are never ranked together."""
     hw = record["provenance"].get("hardware") or {}
     precision = record["provenance"].get("precision")
-    return hw.get("label", "unknown hardware") + (f", {precision}" if precision else "")
+    compiled = (record.get("efficiency") or {}).get("compiled")
+    return (hw.get("label", "unknown hardware") + (f", {precision}" if precision else "")
+            + (", torch.compile" if compiled else ""))
 
 
 def _with_kwargs(name: str | None, kwargs: dict[str, Any] | None) -> str:

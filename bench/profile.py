@@ -173,9 +173,39 @@ class Profile:
     train_step_ms: float | None
     saved_activation_mb: float
     peak_memory_mb: float | None
+    compile_s: float | None = None
+    """Seconds the first compiled call took (compilation included); None when timed eagerly."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+COMPILED_VARIANTS = 256
+"""Compiled variants (model instance x input shape) one model class may hold: a full `op=all` sweep fits."""
+
+
+def compile_for_inference(model: nn.Module, inputs: Sequence[Any]) -> tuple[Callable[..., Any], float]:
+    """``model`` compiled by torch.compile (inductor) for ``inputs``' shapes, and the seconds compiling took.
+
+    Weights are frozen into the graph (inductor's ``freezing``), so BatchNorm folds into convs and conv
+    weights are prepacked once: the deployed speed. The model must be in eval mode; call it under
+    ``torch.inference_mode()``. Models of one class share a compile cache, so a sweep may hold many
+    entries; the cap is raised, and reaching it fails loudly instead of silently running eagerly.
+    """
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config
+
+    compiled = torch.compile(model, dynamic=False)
+    start = time.perf_counter()
+    try:
+        with (inductor_config.patch(freezing=True),
+              dynamo_config.patch(recompile_limit=COMPILED_VARIANTS, fail_on_recompile_limit_hit=True)):
+            compiled(*inputs)
+    except Exception as err:  # inductor raises many types (no C++ compiler, unsupported op, ...)
+        raise RuntimeError(f"torch.compile could not compile {type(model).__name__} for inference: {err}. "
+                           "Inductor needs a working C++ compiler on CPU (Triton on CUDA); profile eagerly "
+                           "with task.compile=false.") from err
+    return compiled, time.perf_counter() - start
 
 
 def profile_module(
@@ -186,15 +216,25 @@ def profile_module(
     warmup: int = 5,
     iters: int = 20,
     train: bool = True,
+    compile: bool = False,
 ) -> Profile:
-    """Profile ``model`` on ``inputs``: inference latency in eval mode, a forward+backward step if ``train``."""
+    """Profile ``model`` on ``inputs``: inference latency in eval mode, a forward+backward step if ``train``.
+
+    ``compile=True`` times inference of the torch.compile'd model instead (`compile_for_inference`);
+    the train step is then not timed, as compiling training is a different measurement.
+    """
     model = model.to(device)
     inputs = map_tensors(lambda t: t.to(device), list(inputs))
     batch = next(iter(_tensors(inputs))).shape[0]
     model.eval()
     macs = count_macs(model, *inputs)
+    compile_s = None
     with torch.inference_mode():
-        infer = measure_latency(lambda: model(*inputs), device, warmup=warmup, iters=iters)
+        forward = model
+        if compile:
+            forward, compile_s = compile_for_inference(model, inputs)
+            train = False
+        infer = measure_latency(lambda: forward(*inputs), device, warmup=warmup, iters=iters)
     model.train()
     grad_inputs = map_tensors(lambda t: t.detach().requires_grad_(t.is_floating_point()), inputs)
     saved = saved_activation_bytes(model, *grad_inputs)
@@ -214,5 +254,5 @@ def profile_module(
         params=count_params(model), macs=macs, macs_per_sample=macs // batch,
         input_shape=map_tensors(lambda t: list(t.shape), inputs[0]), latency_ms=infer["median_ms"], latency_iqr_ms=infer["iqr_ms"],
         throughput_per_s=batch / infer["median_ms"] * 1e3, train_step_ms=step_ms,
-        saved_activation_mb=saved / 2**20, peak_memory_mb=peak,
+        saved_activation_mb=saved / 2**20, peak_memory_mb=peak, compile_s=compile_s,
     )

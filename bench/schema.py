@@ -22,6 +22,7 @@ class ProfileTaskConfig:
     channels_last: bool = True
     device: str = "cpu"
     threads: Optional[int] = None
+    compile: bool = False
     warmup: int = 5
     iters: int = 30
     train: bool = True

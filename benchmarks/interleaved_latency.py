@@ -3,10 +3,12 @@
 On shared machines, load drifts over minutes, so models timed one after another are not comparable.
 This script builds every model once, then times them round-robin (each round measures every model),
 and reports per-model medians over rounds and their ratio to `conv`, at each batch size.
+``--compile`` also times every model compiled by torch.compile (as `bench profile task.compile=true`
+does) in the same rounds, and reports compiled latencies relative to the compiled `conv`.
 
 Usage: python benchmarks/interleaved_latency.py [--backbone resnet50] [--ops conv,octconv,...]
                                                 [--batch 1 8] [--rounds 5] [--json out.json] [--nchw]
-                                                [--threads N]
+                                                [--threads N] [--compile]
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 
 import timm
 import torch
 
 import backbones
-from bench.profile import measure_latency
+from bench.profile import compile_for_inference, measure_latency
 from bench.results import hardware
 from operators import OperatorError, list_ops
 
@@ -36,17 +39,21 @@ def build(backbone: str, ops: list[str], layout: torch.memory_format) -> dict[st
     return models
 
 
-def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int, iters: int) -> dict[str, float]:
+def interleaved(forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int,
+                iters: int) -> dict[str, float]:
+    """Median latency (ms) of each forward over ``rounds`` round-robin rounds, the order reversed every round."""
     cpu = torch.device("cpu")
-    samples: dict[str, list[float]] = {op: [] for op in models}
+    samples: dict[str, list[float]] = {name: [] for name in forwards}
+    names = list(forwards)
     with torch.inference_mode():
-        for model in models.values():
+        for forward in forwards.values():
             for _ in range(2):
-                model(x)
-        for _ in range(rounds):
-            for op, model in models.items():
-                samples[op].append(measure_latency(lambda: model(x), cpu, warmup=1, iters=iters)["median_ms"])
-    return {op: statistics.median(v) for op, v in samples.items()}
+                forward(x)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                samples[name].append(measure_latency(lambda: forwards[name](x), cpu, warmup=1,
+                                                     iters=iters)["median_ms"])
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> None:
@@ -59,6 +66,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--nchw", action="store_true", help="time in the contiguous (NCHW) layout, not channels-last")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models (inductor, frozen)")
     args = parser.parse_args()
     if args.threads is not None:
         if args.threads < 1:
@@ -70,14 +78,23 @@ def main() -> None:
     layout = torch.contiguous_format if args.nchw else torch.channels_last
     models = build(args.backbone, ops, layout)
     result = {"backbone": args.backbone, "size": args.size, "rounds": args.rounds, "channels_last": not args.nchw,
-              "hardware": hardware("cpu"), "batches": {}}
+              "compiled": args.compile, "hardware": hardware("cpu"), "batches": {}}
     for batch in args.batch:
         x = torch.randn(batch, 3, args.size, args.size).contiguous(memory_format=layout)
-        medians = interleaved(models, x, args.rounds, iters=8 if batch == 1 else 2)
-        result["batches"][str(batch)] = {op: {"median_ms": ms, "vs_conv": ms / medians["conv"]}
-                                         for op, ms in medians.items()}
-        for op, ms in medians.items():
-            print(f"batch {batch:>2}  {op:<10} {ms:8.1f} ms  {ms / medians['conv']:.2f}x conv")
+        forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(models)
+        if args.compile:
+            with torch.inference_mode():
+                forwards.update({f"{op} compiled": compile_for_inference(model, [x])[0] for op, model in models.items()})
+        medians = interleaved(forwards, x, args.rounds, iters=8 if batch == 1 else 2)
+        rows = result["batches"][str(batch)] = {}
+        for op in models:
+            rows[op] = {"median_ms": medians[op], "vs_conv": medians[op] / medians["conv"]}
+            line = f"batch {batch:>2}  {op:<10} {medians[op]:8.1f} ms  {rows[op]['vs_conv']:.2f}x conv"
+            if args.compile:
+                fast, base = medians[f"{op} compiled"], medians["conv compiled"]
+                rows[op].update(compiled_ms=fast, compiled_vs_conv=fast / base)
+                line += f"   compiled {fast:8.1f} ms  {fast / base:.2f}x conv"
+            print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -22,29 +22,37 @@ def render(records: list[dict], ratios: dict | None = None) -> str:
     base = by_op.get("conv")
     first = next(iter(by_op.values()))
     cfg, hw = first["config"], first["provenance"]["hardware"]
-    note = (f" Ratios to conv: `python benchmarks/interleaved_latency.py` ({ratios['rounds']} interleaved rounds)."
-            if ratios else "")
+    compiled = bool(ratios and ratios.get("compiled"))
+    note = (f" Ratios to conv: `python benchmarks/interleaved_latency.py{' --compile' if compiled else ''}` "
+            f"({ratios['rounds']} interleaved rounds)." if ratios else "")
     lines = [
         f"`{first['provenance']['command'].split(' op=')[0]} op=all` on {hw['label']}, "
         f"{cfg['backbone']} at {first['efficiency']['input_shape'][-1]}x{first['efficiency']['input_shape'][-1]}, "
         f"channels-last={first['efficiency']['channels_last']}, torch {first['provenance']['versions'].get('torch')}.{note}",
         "",
-        "| op | params (M) | GMACs | latency b1 (ms, median +/- IQR) | vs conv b1 / b8 (interleaved) | throughput b"
-        f"{first['efficiency']['throughput_batch']} (img/s) | train step (ms) | activations (MB) | stride fallback |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| op | params (M) | GMACs | latency b1 (ms, median +/- IQR) | vs conv b1 / b8 (interleaved) | "
+        + ("compiled: b1 latency; vs conv b1 / b8 | " if compiled else "")
+        + f"throughput b{first['efficiency']['throughput_batch']} (img/s) | train step (ms) | activations (MB) | "
+        "stride fallback |",
+        "| --- | ---: | ---: | ---: | ---: | " + ("---: | " if compiled else "") + "---: | ---: | ---: | --- |",
     ]
     for op, r in by_op.items():
         c = r["efficiency"]
+        fast = "-"
         if ratios and op in ratios["batches"]["1"]:
             ratio = " / ".join(f"{ratios['batches'][b][op]['vs_conv']:.2f}x" for b in ("1", "8"))
+            if compiled:
+                fast = f"{ratios['batches']['1'][op]['compiled_ms']:.1f} ms; " + " / ".join(
+                    f"{ratios['batches'][b][op]['compiled_vs_conv']:.2f}x" for b in ("1", "8"))
         else:
             ratio = f"{c['latency_ms']['median'] / base['efficiency']['latency_ms']['median']:.2f}x (sequential)" \
                 if base else "-"
         fallback = "avg-pool" if r.get("op_metadata", {}).get("stride_fallback") else "-"
         lines.append(f"| {op} | {c['params'] / 1e6:.2f} | {c['macs'] / 1e9:.2f} | "
                      f"{c['latency_ms']['median']:.1f} +/- {c['latency_ms']['iqr']:.1f} | {ratio} | "
-                     f"{c['throughput_per_s']:.1f} | "
-                     f"{c['train_step_ms']:.0f} | {c['saved_activation_mb']:.0f} | {fallback} |")
+                     + (f"{fast} | " if compiled else "") + f"{c['throughput_per_s']:.1f} | "
+                     + (f"{c['train_step_ms']:.0f}" if c.get("train_step_ms") is not None else "-")
+                     + f" | {c['saved_activation_mb']:.0f} | {fallback} |")
     return "\n".join(lines)
 
 

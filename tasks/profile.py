@@ -3,7 +3,8 @@
 `bench profile op=ddf` measures the operator alone at one input shape; `bench profile
 backbone=resnet50 op=ddf` measures the whole network: parameters, MACs per image (operators' own
 formulas), batch-1 latency (median and IQR), throughput at a larger batch, train step time and
-activation memory, all on the current device and recorded with it.
+activation memory, all on the current device and recorded with it. ``task.compile=true`` times the
+torch.compile'd model instead (the deployed speed; no train step).
 """
 
 from __future__ import annotations
@@ -55,21 +56,27 @@ def _layout(model: torch.nn.Module, x: Any, channels_last: bool) -> tuple[torch.
 
 
 def profile_model(model: torch.nn.Module, size: int, batch: int, *, device: torch.device | str = "cpu",
-                  warmup: int = 5, iters: int = 30, train: bool = True, channels_last: bool = True) -> dict[str, Any]:
-    """Efficiency of an image model at ``size``: batch-1 latency, throughput and train step at ``batch``."""
+                  warmup: int = 5, iters: int = 30, train: bool = True, channels_last: bool = True,
+                  compile: bool = False) -> dict[str, Any]:
+    """Efficiency of an image model at ``size``: batch-1 latency, throughput and train step at ``batch``.
+
+    ``compile=True`` times the torch.compile'd model (compiled once per input shape) and no train step.
+    """
     device = torch.device(device)
     was_training = model.training
     model, one = _layout(model, torch.randn(1, 3, size, size), channels_last)
     _, many = _layout(model, torch.randn(batch, 3, size, size), channels_last)
-    single = profile_module(model, [one], device=device, warmup=warmup, iters=iters, train=False)
-    batched = profile_module(model, [many], device=device, warmup=warmup, iters=max(3, iters // 3), train=train)
+    single = profile_module(model, [one], device=device, warmup=warmup, iters=iters, train=False, compile=compile)
+    batched = profile_module(model, [many], device=device, warmup=warmup, iters=max(3, iters // 3), train=train,
+                             compile=compile)
     model.train(was_training)
     return {
         "params": single.params, "macs": single.macs, "input_shape": [3, size, size],
         "latency_ms": {"median": single.latency_ms, "iqr": single.latency_iqr_ms, "batch": 1},
         "throughput_per_s": batched.throughput_per_s, "throughput_batch": batch,
         "train_step_ms": batched.train_step_ms, "saved_activation_mb": batched.saved_activation_mb,
-        "peak_mem_mb": batched.peak_memory_mb, "channels_last": channels_last,
+        "peak_mem_mb": batched.peak_memory_mb, "channels_last": channels_last, "compiled": compile,
+        "compile_s": single.compile_s + batched.compile_s if compile else None,
     }
 
 
@@ -85,12 +92,14 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     if cfg.backbone:
         model, size = build_backbone(cfg)
         efficiency = profile_model(model, size, t.batch, device=device, warmup=t.warmup, iters=t.iters,
-                                   train=t.train, channels_last=t.channels_last)
+                                   train=t.train, channels_last=t.channels_last, compile=t.compile)
         return {"efficiency": efficiency, "op_metadata": model.op_metadata, "hardware": hardware(t.device)}
     module, x = build_operator(cfg)
     module, x = _layout(module, x, t.channels_last)
-    prof: Profile = profile_module(module, [x], device=device, warmup=t.warmup, iters=t.iters, train=t.train)
+    prof: Profile = profile_module(module, [x], device=device, warmup=t.warmup, iters=t.iters, train=t.train,
+                                   compile=t.compile)
     efficiency = {**prof.to_dict(), "latency_ms": {"median": prof.latency_ms, "iqr": prof.latency_iqr_ms,
                                                    "batch": t.batch}}
     efficiency.pop("latency_iqr_ms")
-    return {"efficiency": {**efficiency, "channels_last": t.channels_last}, "hardware": hardware(t.device)}
+    return {"efficiency": {**efficiency, "channels_last": t.channels_last, "compiled": t.compile},
+            "hardware": hardware(t.device)}

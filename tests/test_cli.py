@@ -121,6 +121,15 @@ def test_profile_multiscale_operator_in_channels_last(tmp_path: Path) -> None:
     assert record["efficiency"]["macs"] > 0
 
 
+def test_profile_compiled_times_inference_only(tmp_path: Path) -> None:
+    args = ["profile", "op=octconv", "task.compile=true", "task.size=7", f"results_dir={tmp_path}"]
+    assert main([*args, *[a for a in TINY if not a.startswith("task.size")]]) == 0
+    (record,) = records(tmp_path)
+    eff = record["efficiency"]
+    assert eff["compiled"] is True and eff["compile_s"] > 0 and eff["latency_ms"]["median"] > 0
+    assert eff["train_step_ms"] is None  # compiling training is another measurement
+
+
 def test_profile_backbone_records_latency_throughput_and_placement(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     args = ["profile", "backbone=resnet20", "op=scconv", "task.batch=2", "task.warmup=0", "task.iters=3",

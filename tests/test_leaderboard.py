@@ -18,12 +18,12 @@ from bench.results import new_record, read_record, write_record
 
 
 def record(results: Path, op: str, seed: int, top1: float, *, hardware: str = "CPU A", status: str = "success",
-           macs: int = 40_000_000, latency: float = 3.0) -> Path:
+           macs: int = 40_000_000, latency: float = 3.0, compiled: bool = False) -> Path:
     config = {"op": op, "seed": seed, "backbone": "resnet20", "data": {"name": "shapes"}, "recipe": {"name": "quick"}}
     r = new_record("classification", config, f"bench run task=classification op={op} seed={seed}", "h" * 64)
     r.update(status=status, metrics={"top1": top1, "top5": 0.99} if status == "success" else {},
              efficiency={"params": 272_474, "macs": macs, "latency_ms": {"median": latency, "iqr": 0.1, "batch": 1},
-                         "throughput_per_s": 1000.0})
+                         "throughput_per_s": 1000.0, "compiled": compiled})
     r["provenance"]["hardware"] = {"label": hardware}
     if status != "success":
         r["error"] = "FloatingPointError: training loss is nan"
@@ -89,6 +89,15 @@ def test_hardware_is_never_mixed_and_failed_runs_are_listed_apart(results: Path)
     assert "| scconv |" not in md.split("## Failed")[0]
     csv = (results.parent / "results.csv").read_text()
     assert csv.count(",ddf,") == 4 and "scconv" not in csv  # 2 seeds x (top1, top5)
+
+
+def test_compiled_timings_get_their_own_section(results: Path) -> None:
+    record(results, "ddf", 0, 0.86, latency=1.0, compiled=True)
+    generate([results], results.parent)
+    md = (results.parent / "README.md").read_text()
+    compiled = md.split("Hardware: CPU A, torch.compile")[1].split("## ")[0]
+    assert "| ddf |" in compiled and "| conv |" not in compiled
+    assert md.count("## classification on shapes") == 3
 
 
 def test_invalid_files_are_reported_and_skipped(results: Path, capsys: pytest.CaptureFixture) -> None:

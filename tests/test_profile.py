@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.profile import (count_macs, count_params, counter_macs, measure_latency, profile_module, retain_freed_memory,
-                           saved_activation_bytes)
+from bench.profile import (compile_for_inference, count_macs, count_params, counter_macs, measure_latency, profile_module,
+                           retain_freed_memory, saved_activation_bytes)
 from bench.results import hardware
 from operators import create_op, create_upsampler, register_op
 
@@ -84,3 +84,13 @@ def test_timings_reuse_freed_memory_instead_of_faulting_it_back() -> None:
     written = _resident_bytes()
     del x
     assert _resident_bytes() > written - 8 * 2**20
+
+
+def test_compiled_inference_matches_the_eager_model() -> None:
+    model = nn.Sequential(create_op("conv", 4, 8), nn.BatchNorm2d(8), nn.ReLU(), create_op("dwconv", 8, 8)).eval()
+    nn.init.uniform_(model[1].running_mean)  # a BatchNorm that is not the identity, folded when frozen
+    x = torch.randn(2, 4, 9, 9)
+    with torch.inference_mode():
+        compiled, seconds = compile_for_inference(model, [x])
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    assert seconds > 0
