@@ -8,7 +8,7 @@ does) in the same rounds, and reports compiled latencies relative to the compile
 
 Usage: python benchmarks/interleaved_latency.py [--backbone resnet50] [--ops conv,octconv,...]
                                                 [--batch 1 8] [--rounds 5] [--json out.json] [--nchw]
-                                                [--threads N] [--compile]
+                                                [--threads N] [--compile] [--device cuda]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from bench.results import hardware
 from operators import OperatorError, list_ops
 
 
-def build(backbone: str, ops: list[str], layout: torch.memory_format) -> dict[str, torch.nn.Module]:
+def build(backbone: str, ops: list[str], layout: torch.memory_format,
+          device: torch.device) -> dict[str, torch.nn.Module]:
     models = {}
     for op in ops:
         try:
@@ -35,14 +36,13 @@ def build(backbone: str, ops: list[str], layout: torch.memory_format) -> dict[st
         except OperatorError as err:
             print(f"skipped {op}: {err}")
             continue
-        models[op] = model.eval().to(memory_format=layout)
+        models[op] = model.eval().to(device, memory_format=layout)
     return models
 
 
 def interleaved(forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int,
                 iters: int) -> dict[str, float]:
     """Median latency (ms) of each forward over ``rounds`` round-robin rounds, the order reversed every round."""
-    cpu = torch.device("cpu")
     samples: dict[str, list[float]] = {name: [] for name in forwards}
     names = list(forwards)
     with torch.inference_mode():
@@ -51,7 +51,7 @@ def interleaved(forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: 
                 forward(x)
         for r in range(rounds):
             for name in names if r % 2 == 0 else names[::-1]:
-                samples[name].append(measure_latency(lambda: forwards[name](x), cpu, warmup=1,
+                samples[name].append(measure_latency(lambda: forwards[name](x), x.device, warmup=1,
                                                      iters=iters)["median_ms"])
     return {name: statistics.median(v) for name, v in samples.items()}
 
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--nchw", action="store_true", help="time in the contiguous (NCHW) layout, not channels-last")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models (inductor, frozen)")
     args = parser.parse_args()
     if args.threads is not None:
@@ -76,11 +77,14 @@ def main() -> None:
     if "conv" not in ops:
         ops.insert(0, "conv")
     layout = torch.contiguous_format if args.nchw else torch.channels_last
-    models = build(args.backbone, ops, layout)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
+    models = build(args.backbone, ops, layout, device)
     result = {"backbone": args.backbone, "size": args.size, "rounds": args.rounds, "channels_last": not args.nchw,
-              "compiled": args.compile, "hardware": hardware("cpu"), "batches": {}}
+              "compiled": args.compile, "hardware": hardware(args.device), "batches": {}}
     for batch in args.batch:
-        x = torch.randn(batch, 3, args.size, args.size).contiguous(memory_format=layout)
+        x = torch.randn(batch, 3, args.size, args.size, device=device).contiguous(memory_format=layout)
         forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(models)
         if args.compile:
             with torch.inference_mode():
