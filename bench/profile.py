@@ -187,11 +187,12 @@ COMPILED_VARIANTS = 256
 def compile_for_inference(model: nn.Module, inputs: Sequence[Any]) -> tuple[Callable[..., Any], float]:
     """``model`` compiled by torch.compile (inductor) for ``inputs``' shapes, and the seconds compiling took.
 
-    Weights are frozen into the graph (inductor's ``freezing``), so BatchNorm folds into convs and conv
-    weights are prepacked once; on CUDA the graph is replayed as a CUDA graph (mode "reduce-overhead"),
-    so kernel launches cost nothing per op: the deployed speed. The model must be in eval mode; call it under
-    ``torch.inference_mode()``. Models of one class share a compile cache, so a sweep may hold many
-    entries; the cap is raised, and reaching it fails loudly instead of silently running eagerly.
+    Weights are frozen into the graph (inductor's ``freezing``), so BatchNorm folds into convs and
+    conv weights are prepacked once; on CUDA the graph is replayed as a CUDA graph (mode
+    "reduce-overhead"), so launches cost nothing per kernel: the deployed speed. The model must be in
+    eval mode; call it under ``torch.inference_mode()``. Models of one class share a compile cache, so
+    a sweep may hold many entries; the cap is raised, and reaching it fails loudly instead of silently
+    running eagerly.
     """
     from torch._dynamo import config as dynamo_config
     from torch._inductor import config as inductor_config

@@ -88,7 +88,8 @@ def main() -> None:
         forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(models)
         if args.compile:
             with torch.inference_mode():
-                forwards.update({f"{op} compiled": compile_for_inference(model, [x])[0] for op, model in models.items()})
+                forwards.update({f"{op} compiled": compile_for_inference(model, [x])[0]
+                                 for op, model in models.items()})
         medians = interleaved(forwards, x, args.rounds, iters=8 if batch == 1 else 2)
         rows = result["batches"][str(batch)] = {}
         for op in models:
