@@ -113,9 +113,10 @@ def retain_freed_memory() -> str:
     """Make glibc's malloc keep freed blocks (up to 32 MiB) for reuse instead of returning them to the OS.
 
     By default glibc maps large blocks fresh and trims the heap after frees, so a CPU forward pays
-    page faults for its weight reorders and activations on every call: about 10 ms of ResNet-50's
-    ~57 ms batch-1 forward on a 2-core EPYC (PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc
-    for the same reason). Idempotent; returns the policy in force, recorded with every timing.
+    page faults for its activations and weight reorders on every call: on a 2-core EPYC, ResNet-50's
+    batch-8 forward took 0.61x the time with this policy (batch 1 within noise; benchmarks/malloc_policy.py).
+    PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for the same reason. Idempotent; returns
+    the policy in force (`malloc_policy`).
     """
     global _malloc_policy
     if _malloc_policy is None:
@@ -127,6 +128,11 @@ def retain_freed_memory() -> str:
             retained = False
         _malloc_policy = "glibc, freed memory retained" if retained else "system default"
     return _malloc_policy
+
+
+def malloc_policy() -> str:
+    """The CPU allocator policy this process times under, recorded with every result; changes nothing."""
+    return _malloc_policy or "system default"
 
 
 def _sync(device: torch.device) -> None:

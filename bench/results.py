@@ -116,10 +116,10 @@ def _cpu_model() -> str:
 
 def hardware(device: str = "cpu") -> dict[str, Any]:
     """Where latencies were measured: results from different hardware are never ranked together."""
-    from bench.profile import retain_freed_memory
+    from bench.profile import malloc_policy
 
     info: dict[str, Any] = {"device": device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads(), "malloc": retain_freed_memory()}
+                            "torch_threads": torch.get_num_threads(), "malloc": malloc_policy()}
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0
         info["gpu"] = torch.cuda.get_device_name(index)

@@ -19,7 +19,10 @@ ARMS = ("default", "retained")
 
 
 def child(arm: str, ops: list[str], batches: list[int]) -> dict[str, float]:
-    """Median forward latency (ms) per ``op@batch`` of ResNet-50 in this process, under ``arm``'s policy."""
+    """Median forward latency (ms) per ``op@batch`` of ResNet-50 in this process, under ``arm``'s policy.
+
+    Times with its own loop: `bench.profile.measure_latency` would switch the retaining policy on.
+    """
     import timm
     import torch
 

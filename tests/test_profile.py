@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.profile import (compile_for_inference, count_macs, count_params, counter_macs, measure_latency, profile_module,
-                           retain_freed_memory, saved_activation_bytes)
+from bench.profile import (COMPILED_VARIANTS, compile_for_inference, count_macs, count_params, counter_macs,
+                           malloc_policy, measure_latency, profile_module, retain_freed_memory,
+                           saved_activation_bytes)
 from bench.results import hardware
 from operators import create_op, create_upsampler, register_op
 
@@ -76,8 +77,8 @@ def _resident_bytes() -> int:
 def test_timings_reuse_freed_memory_instead_of_faulting_it_back() -> None:
     """After a timing, a freed 16 MiB tensor stays in the process (glibc would otherwise unmap it)."""
     measure_latency(lambda: None, torch.device("cpu"), warmup=0, iters=1)
-    policy = retain_freed_memory()
-    assert hardware("cpu")["malloc"] == policy
+    policy = malloc_policy()
+    assert hardware("cpu")["malloc"] == policy == retain_freed_memory()
     if policy != "glibc, freed memory retained":
         pytest.skip(f"malloc here is not glibc's ({policy})")
     x = torch.ones(4 * 2**20)
@@ -94,3 +95,24 @@ def test_compiled_inference_matches_the_eager_model() -> None:
         compiled, seconds = compile_for_inference(model, [x])
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     assert seconds > 0
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu()
+
+
+def test_a_sweep_compiles_every_model_of_one_class() -> None:
+    """More instances than dynamo's default cap of 8 per class each get compiled, none silently runs eagerly."""
+    from torch._dynamo.utils import counters
+
+    assert COMPILED_VARIANTS > 9
+    before = counters["frames"]["ok"]
+    with torch.inference_mode():
+        for _ in range(9):
+            compile_for_inference(_Tiny().eval(), [torch.randn(1, 2, 5, 5)])
+    assert counters["frames"]["ok"] - before == 9
