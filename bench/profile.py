@@ -194,8 +194,9 @@ def compile_for_inference(model: nn.Module, inputs: Sequence[Any]) -> tuple[Call
     """``model`` compiled by torch.compile (inductor) for ``inputs``' shapes, and the seconds compiling took.
 
     Weights are frozen into the graph (inductor's ``freezing``), so BatchNorm folds into convs and
-    conv weights are prepacked once; on CUDA the graph is replayed as a CUDA graph (mode
-    "reduce-overhead"), so launches cost nothing per kernel: the deployed speed. The model must be in
+    conv weights are prepacked once. On the CPU the graph's kernels are called from generated C++
+    (``cpp_wrapper``), not Python; on CUDA the graph is replayed as a CUDA graph (mode "reduce-overhead"),
+    so launches cost nothing per kernel: the deployed speed either way. The model must be in
     eval mode; call it under ``torch.inference_mode()``. Models of one class share a compile cache, so
     a sweep may hold many entries; the cap is raised, and reaching it fails loudly instead of silently
     running eagerly.
@@ -207,7 +208,7 @@ def compile_for_inference(model: nn.Module, inputs: Sequence[Any]) -> tuple[Call
     compiled = torch.compile(model, dynamic=False, mode="reduce-overhead" if on_cuda else None)
     start = time.perf_counter()
     try:
-        with (inductor_config.patch(freezing=True),
+        with (inductor_config.patch(freezing=True, cpp_wrapper=not on_cuda),
               dynamo_config.patch(recompile_limit=COMPILED_VARIANTS, fail_on_recompile_limit_hit=True)):
             compiled(*inputs)
     except Exception as err:  # inductor raises many types (no C++ compiler, unsupported op, ...)

@@ -1,9 +1,10 @@
 """Where a channels-last 1x1 convolution is faster as a GEMM than as oneDNN's convolution, and what it buys.
 
-Part 1 times ResNet-50's pointwise shapes (batch 1 and 8) both ways, which is how ``GEMM_MAX_POSITIONS``
-in operators/conv.py was chosen. Part 2 times whole networks with the GEMM path on and off, interleaved in
-one process (same model objects; only the threshold changes between timings; the order alternates every round),
-so machine drift cancels.
+Part 1 times every pointwise shape of ResNet-50, Oct-ResNet-50, MobileNetV2 and ShuffleNetV2 (batch 1 and 8)
+both ways, which is how ``GEMM_MAX_POSITIONS`` and ``GEMM_MAX_MACS`` in operators/conv.py were chosen. Part 2
+times whole networks under three rules (oneDNN only; GEMM at few positions; GEMM at few positions or few MACs),
+interleaved in one process (same model objects; only the rule changes between timings; the order alternates
+every round), so machine drift cancels.
 
 Usage: python benchmarks/pointwise_gemm.py [--ops conv,octconv] [--rounds 7] [--json out.json]
 """
@@ -25,65 +26,84 @@ from operators.conv import Pointwise
 from bench.profile import measure_latency
 from bench.results import hardware
 
-# (batch, in, out, output size, stride): ResNet-50's 1x1 convs at batch 1 and 8, stage by stage
-SHAPES = [(b, cin, cout, size, stride) for b in (1, 8) for cin, cout, size, stride in [
-    (64, 256, 56, 1), (256, 64, 56, 1), (512, 128, 28, 1), (128, 512, 28, 1), (256, 512, 28, 2),
-    (1024, 256, 14, 1), (256, 1024, 14, 1), (512, 1024, 14, 2),
-    (2048, 512, 7, 1), (512, 2048, 7, 1), (1024, 2048, 7, 2)]]
+NETWORKS = [("op_resnet50", {"op": "conv"}), ("op_resnet50", {"op": "octconv"}), ("op_mobilenetv2", {}),
+            ("op_shufflenetv2", {})]
+RULES = {"onednn_only": (0, 0), "few_positions": (conv_module.GEMM_MAX_POSITIONS, 0),
+         "few_positions_or_macs": (conv_module.GEMM_MAX_POSITIONS, conv_module.GEMM_MAX_MACS)}
 
 
 @contextlib.contextmanager
-def gemm_path(enabled: bool, threshold: int) -> Iterator[None]:
-    """Run ``Pointwise`` with its GEMM path up to ``threshold`` positions, or never; restores the setting."""
-    saved = conv_module.GEMM_MAX_POSITIONS
-    conv_module.GEMM_MAX_POSITIONS = threshold if enabled else 0
+def gemm_rule(max_positions: int, max_macs: int) -> Iterator[None]:
+    """Run ``Pointwise`` with the given GEMM thresholds (0 turns a criterion off); restores the settings."""
+    saved = conv_module.GEMM_MAX_POSITIONS, conv_module.GEMM_MAX_MACS
+    conv_module.GEMM_MAX_POSITIONS, conv_module.GEMM_MAX_MACS = max_positions, max_macs
     try:
         yield
     finally:
-        conv_module.GEMM_MAX_POSITIONS = saved
+        conv_module.GEMM_MAX_POSITIONS, conv_module.GEMM_MAX_MACS = saved
+
+
+def pointwise_shapes() -> list[tuple[int, int, int, int]]:
+    """(in channels, out channels, input size, stride) of every ``Pointwise`` in ``NETWORKS`` at 224x224."""
+    shapes: set[tuple[int, int, int, int]] = set()
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        shapes.add((module.in_channels, module.out_channels, inputs[0].shape[-1], module.stride[0]))
+
+    with torch.inference_mode():
+        for name, kwargs in NETWORKS:
+            model = timm.create_model(name, **kwargs).eval().to(memory_format=torch.channels_last)
+            for m in model.modules():
+                if isinstance(m, Pointwise):
+                    m.register_forward_pre_hook(record)
+            model(torch.randn(1, 3, 224, 224).contiguous(memory_format=torch.channels_last))
+    return sorted(shapes)
 
 
 def shapes_table(iters: int) -> list[dict]:
     cpu, rows = torch.device("cpu"), []
     with torch.inference_mode():
-        for batch, cin, cout, size, stride in SHAPES:
-            x = torch.randn(batch, cin, size * stride, size * stride).contiguous(memory_format=torch.channels_last)
-            m = Pointwise(cin, cout, stride)
-            times = {}
-            for gemm in (False, True):
-                with gemm_path(gemm, threshold=batch * size * size):
-                    times[gemm] = measure_latency(lambda: m(x), cpu, warmup=3, iters=iters)["median_ms"]
-            conv, mm = times[False], times[True]
-            rows.append(dict(batch=batch, cin=cin, cout=cout, out_size=size, stride=stride,
-                             positions=batch * size * size, conv_ms=conv, gemm_ms=mm, gemm_vs_conv=mm / conv))
-            print(f"b{batch} {cin:>4}->{cout:<4} s{stride} {size:>2}x{size:<2} ({batch * size * size:>5} positions): "
-                  f"conv {conv:6.3f} ms  gemm {mm:6.3f} ms  {mm / conv:.2f}x")
+        for batch in (1, 8):
+            for cin, cout, size, stride in pointwise_shapes():
+                x = torch.randn(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
+                m, out = Pointwise(cin, cout, stride), -(-size // stride)
+                positions = batch * out * out
+                times = {}
+                for gemm in (False, True):
+                    with gemm_rule(positions if gemm else 0, 0):
+                        times[gemm] = min(measure_latency(lambda: m(x), cpu, warmup=3, iters=iters)["median_ms"]
+                                          for _ in range(2))
+                conv, mm = times[False], times[True]
+                rows.append(dict(batch=batch, cin=cin, cout=cout, out_size=out, stride=stride, positions=positions,
+                                 macs=positions * cin * cout, conv_ms=conv, gemm_ms=mm, gemm_vs_conv=mm / conv))
+                print(f"b{batch} {cin:>4}->{cout:<4} s{stride} {out:>3}x{out:<3} ({positions:>6} positions, "
+                      f"{positions * cin * cout / 1e6:6.1f}M MACs): conv {conv:6.3f} ms  gemm {mm:6.3f} ms  "
+                      f"{mm / conv:.2f}x")
     return rows
 
 
 def networks_ab(ops: list[str], batches: list[int], rounds: int) -> dict:
-    cpu, threshold = torch.device("cpu"), conv_module.GEMM_MAX_POSITIONS
+    cpu = torch.device("cpu")
     models = {op: timm.create_model("op_resnet50", op=op).eval().to(memory_format=torch.channels_last) for op in ops}
     result = {}
     with torch.inference_mode():
         for batch in batches:
             x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-            samples = {(op, on): [] for op in ops for on in (False, True)}
+            samples = {(op, rule): [] for op in ops for rule in RULES}
             for r in range(rounds):
                 order = list(samples.items())
-                for (op, on), times in order if r % 2 else reversed(order):  # alternate, so order bias cancels
-                    with gemm_path(on, threshold):
+                for (op, rule), times in order if r % 2 else reversed(order):  # alternate, so order bias cancels
+                    with gemm_rule(*RULES[rule]):
                         times.append(measure_latency(lambda: models[op](x), cpu, warmup=1,
                                                      iters=8 if batch == 1 else 2)["median_ms"])
             med = {key: statistics.median(v) for key, v in samples.items()}
-            result[str(batch)] = {op: {"conv_only_ms": med[op, False], "with_gemm_ms": med[op, True]} for op in ops}
+            result[str(batch)] = {op: {f"{rule}_ms": med[op, rule] for rule in RULES} for op in ops}
             for op in ops:
-                print(f"batch {batch} {op:<8} oneDNN only {med[op, False]:6.1f} ms   with GEMM path "
-                      f"{med[op, True]:6.1f} ms   ({med[op, True] / med[op, False]:.2f}x)")
+                print(f"batch {batch} {op:<8} " + "   ".join(f"{rule} {med[op, rule]:6.1f} ms" for rule in RULES))
             if "conv" in ops:
                 for op in ops:
-                    print(f"batch {batch} {op:<8} vs conv: {med[op, False] / med['conv', False]:.2f}x -> "
-                          f"{med[op, True] / med['conv', True]:.2f}x")
+                    print(f"batch {batch} {op:<8} vs conv: " + " -> ".join(
+                        f"{med[op, rule] / med['conv', rule]:.3f}x" for rule in RULES))
     return result
 
 
@@ -95,7 +115,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30, help="timings per shape in the per-shape table")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    result = {"hardware": hardware("cpu"), "threshold_positions": conv_module.GEMM_MAX_POSITIONS,
+    result = {"hardware": hardware("cpu"), "rules": {rule: dict(max_positions=p, max_macs=m)
+                                                     for rule, (p, m) in RULES.items()},
               "shapes": shapes_table(args.iters), "networks": networks_ab(args.ops.split(","), args.batch,
                                                                            args.rounds)}
     if args.json:

@@ -30,20 +30,24 @@ def conv_macs(conv: nn.Conv2d, shape: tuple[int, ...] | torch.Size) -> int:
 #: runs as one matrix product: there oneDNN's 1x1 kernel takes up to 2.7x the time of the same GEMM (ResNet-50's
 #: stage 4 at batch 1), while from about 4x this size on it is the faster one (benchmarks/pointwise_gemm.py).
 GEMM_MAX_POSITIONS = 128
+#: Convolutions of at most this many multiply-accumulates also run as a GEMM, however many positions: there
+#: oneDNN's fixed cost per call dominates. For the 40 such shapes of Oct-ResNet-50, MobileNetV2 and ShuffleNetV2
+#: at batch 1, oneDNN took a median 1.24x the GEMM's time (0.76x-2.0x); benchmarks/pointwise_gemm.py.
+GEMM_MAX_MACS = 2**24
 
 
 class Pointwise(nn.Conv2d):
     """1x1 convolution (any stride) that computes small channels-last CPU inputs as a GEMM.
 
-    Same parameters, state dict and result as ``nn.Conv2d(cin, cout, 1, stride)``; only the kernel differs
-    where oneDNN's is slow (see ``GEMM_MAX_POSITIONS``), so every network that uses it gets the speed-up.
+    Same parameters, state dict and result as ``nn.Conv2d(cin, cout, 1, stride)``; only the kernel differs where
+    oneDNN's is slow (``GEMM_MAX_POSITIONS``, ``GEMM_MAX_MACS``), so every network that uses it gets the speed-up.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> None:
         super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _prefers_gemm(x, self.stride[0]):
+        if not _prefers_gemm(x, self.stride[0], self.in_channels * self.out_channels):
             return super().forward(x)
         if self.stride != (1, 1):
             x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=torch.channels_last)
@@ -52,10 +56,10 @@ class Pointwise(nn.Conv2d):
         return y.permute(0, 3, 1, 2)
 
 
-def _prefers_gemm(x: Tensor, stride: int) -> bool:
+def _prefers_gemm(x: Tensor, stride: int, weights: int) -> bool:
     n, _, h, w = x.shape
     positions = n * -(-h // stride) * -(-w // stride)
-    return (x.device.type == "cpu" and positions <= GEMM_MAX_POSITIONS
+    return (x.device.type == "cpu" and (positions <= GEMM_MAX_POSITIONS or positions * weights <= GEMM_MAX_MACS)
             and x.is_contiguous(memory_format=torch.channels_last))
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import operators.conv as conv_module
-from operators.conv import GEMM_MAX_POSITIONS, Pointwise
+from operators.conv import GEMM_MAX_MACS, GEMM_MAX_POSITIONS, Pointwise
 
 
 def _channels_last(*shape: int) -> torch.Tensor:
@@ -44,13 +44,15 @@ def test_gemm_runs_only_for_small_channels_last_cpu_inputs(monkeypatch: pytest.M
         return linear(x, *args)
 
     monkeypatch.setattr(conv_module.F, "linear", spy)
-    m = Pointwise(4, 4)
+    wide, narrow = Pointwise(512, 512), Pointwise(4, 4)
     side = int(GEMM_MAX_POSITIONS**0.5)
-    m(_channels_last(1, 4, side, side))  # at the threshold: GEMM
-    assert calls == [(1, side, side, 4)]
-    m(_channels_last(1, 4, side + 1, side + 1))  # above it: the library convolution
-    m(torch.randn(1, 4, 5, 5))  # contiguous (NCHW) layout: the library convolution
-    assert len(calls) == 1
+    assert (side + 1) ** 2 * 512 * 512 > GEMM_MAX_MACS >= (side + 1) ** 2 * 4 * 4
+    wide(_channels_last(1, 512, side, side))  # few positions: GEMM, however many MACs
+    narrow(_channels_last(1, 4, side + 1, side + 1))  # more positions but few MACs: GEMM
+    assert calls == [(1, side, side, 512), (1, side + 1, side + 1, 4)]
+    wide(_channels_last(1, 512, side + 1, side + 1))  # more positions and MACs: the library convolution
+    narrow(torch.randn(1, 4, 5, 5))  # contiguous (NCHW) layout: the library convolution
+    assert len(calls) == 2
 
 
 def test_same_parameters_and_state_dict_as_a_1x1_conv() -> None:
