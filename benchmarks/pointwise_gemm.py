@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30, help="timings per shape in the per-shape table")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if min(args.rounds, args.iters, *args.batch) < 1:
+        parser.error("--rounds, --iters and --batch must be positive")
     result = {"hardware": hardware("cpu"), "rules": {rule: dict(max_positions=p, max_macs=m)
                                                      for rule, (p, m) in RULES.items()},
               "shapes": shapes_table(args.iters), "networks": networks_ab(args.ops.split(","), args.batch,
