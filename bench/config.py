@@ -167,6 +167,8 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     if (threads := cfg.get("task", {}).get("threads")) is not None and threads < 1:
         raise ConfigError(f"task.threads={threads}: give a positive number of CPU threads, or leave it unset "
                           "for torch's default (one per core).")
+    if (baseline := cfg.get("task", {}).get("baseline")) is not None:
+        _check_baseline(cfg, str(baseline))
     if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
         raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):
@@ -177,6 +179,17 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         except OperatorError as err:
             raise ConfigError(str(err)) from None
     return cfg
+
+
+def _check_baseline(cfg: DictConfig, baseline: str) -> None:
+    """``task.baseline`` compares whole networks: it needs a backbone, a conv-kind operator and a round."""
+    if not cfg.get("backbone"):
+        raise ConfigError(f"task.baseline={baseline} compares a backbone with two operators; name one "
+                          "(backbone=resnet50), or drop task.baseline to profile the bare operator.")
+    if baseline not in (conv_ops := list_ops("conv")):
+        raise ConfigError(unknown_name_message("baseline operator (task.baseline)", baseline, conv_ops))
+    if cfg.task.baseline_rounds < 1:
+        raise ConfigError(f"task.baseline_rounds={cfg.task.baseline_rounds}: give at least one round.")
 
 
 def expand_all_ops(overrides: list[str]) -> tuple[list[str], bool]:

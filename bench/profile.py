@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -162,6 +162,25 @@ def measure_latency(fn: Callable[[], Any], device: torch.device, *, warmup: int 
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median_ms": statistics.median(times), "iqr_ms": quartiles[2] - quartiles[0],
             "min_ms": min(times), "iters": len(times)}
+
+
+def interleaved_latency(fns: Mapping[str, Callable[[], Any]], device: torch.device, *, rounds: int,
+                        iters: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Median latency (ms) of each of ``fns`` in every one of ``rounds`` round-robin rounds.
+
+    Load on a shared machine drifts over minutes, so models timed one after another are not
+    comparable; here every round times every model back to back (the order reversed each round), so
+    a ratio between two models' samples of one round compares them under the same load.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            samples[name].append(measure_latency(fns[name], device, warmup=1, iters=iters)["median_ms"])
+    return samples
 
 
 @dataclass

@@ -26,6 +26,8 @@ class ProfileTaskConfig:
     warmup: int = 5
     iters: int = 30
     train: bool = True
+    baseline: Optional[str] = None
+    baseline_rounds: int = 7
 
 
 @dataclass

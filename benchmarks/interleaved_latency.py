@@ -22,7 +22,7 @@ import timm
 import torch
 
 import backbones
-from bench.profile import compile_for_inference, measure_latency
+from bench.profile import compile_for_inference, interleaved_latency
 from bench.results import hardware
 from operators import OperatorError, list_ops
 
@@ -38,22 +38,6 @@ def build(backbone: str, ops: list[str], layout: torch.memory_format,
             continue
         models[op] = model.eval().to(device, memory_format=layout)
     return models
-
-
-def interleaved(forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int,
-                iters: int) -> dict[str, float]:
-    """Median latency (ms) of each forward over ``rounds`` round-robin rounds, the order reversed every round."""
-    samples: dict[str, list[float]] = {name: [] for name in forwards}
-    names = list(forwards)
-    with torch.inference_mode():
-        for forward in forwards.values():
-            for _ in range(2):
-                forward(x)
-        for r in range(rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
-                samples[name].append(measure_latency(lambda: forwards[name](x), x.device, warmup=1,
-                                                     iters=iters)["median_ms"])
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> None:
@@ -90,7 +74,10 @@ def main() -> None:
             with torch.inference_mode():
                 forwards.update({f"{op} compiled": compile_for_inference(model, [x])[0]
                                  for op, model in models.items()})
-        medians = interleaved(forwards, x, args.rounds, iters=8 if batch == 1 else 2)
+        with torch.inference_mode():
+            samples = interleaved_latency({name: (lambda f=f: f(x)) for name, f in forwards.items()}, device,
+                                          rounds=args.rounds, iters=8 if batch == 1 else 2)
+        medians = {name: statistics.median(v) for name, v in samples.items()}
         rows = result["batches"][str(batch)] = {}
         for op in models:
             rows[op] = {"median_ms": medians[op], "vs_conv": medians[op] / medians["conv"]}

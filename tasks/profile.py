@@ -4,11 +4,14 @@
 backbone=resnet50 op=ddf` measures the whole network: parameters, MACs per image (operators' own
 formulas), batch-1 latency (median and IQR), throughput at a larger batch, train step time and
 activation memory, all on the current device and recorded with it. ``task.compile=true`` times the
-torch.compile'd model instead (the deployed speed; no train step).
+torch.compile'd model instead (the deployed speed; no train step). ``task.baseline=conv`` also times
+the same backbone with the baseline operator, interleaved with this one in the same process, and
+records the latency ratios (``efficiency.vs_baseline``): the figure that survives a drifting load.
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import timm
@@ -17,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.data import resolve_data_config
 
 from bench.config import ConfigError
-from bench.profile import Profile, map_tensors, profile_module
+from bench.profile import Profile, compile_for_inference, interleaved_latency, map_tensors, profile_module
 from bench.results import hardware
 from operators.registry import create_op, create_upsampler, example_input, op_info
 from tasks import register_task
@@ -38,12 +41,15 @@ def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
     return module, example_input(module, t.batch, t.channels, t.size or OPERATOR_SIZE)
 
 
-def build_backbone(cfg: DictConfig) -> tuple[torch.nn.Module, int]:
-    """The backbone with ``cfg.op`` in its slots, and its input size (the model's own unless task.size is set)."""
+def build_backbone(cfg: DictConfig, op: str | None = None) -> tuple[torch.nn.Module, int]:
+    """The backbone with ``cfg.op`` (or ``op``, with its defaults) in its slots, and its input size.
+
+    The input size is the model's own unless task.size is set.
+    """
     from backbones import model_name
 
-    kwargs = OmegaConf.to_container(cfg.op_kwargs, resolve=True)
-    model = timm.create_model(model_name(cfg.backbone), op=cfg.op, op_kwargs=kwargs)
+    kwargs = OmegaConf.to_container(cfg.op_kwargs, resolve=True) if op is None else {}
+    model = timm.create_model(model_name(cfg.backbone), op=op or cfg.op, op_kwargs=kwargs)
     size = cfg.task.size or resolve_data_config({}, model=model)["input_size"][-1]
     return model, size
 
@@ -80,6 +86,29 @@ def profile_model(model: torch.nn.Module, size: int, batch: int, *, device: torc
     }
 
 
+def compare_latency(model: torch.nn.Module, reference: torch.nn.Module, size: int, batch: int, *,
+                    device: torch.device, rounds: int, iters: int, channels_last: bool = True,
+                    compile: bool = False) -> dict[str, float]:
+    """Inference latency of ``model`` over ``reference``'s at batch 1 and ``batch``, timed interleaved.
+
+    Every round times both back to back (`interleaved_latency`); a ratio is the median over rounds of
+    that round's ratio, so load that drifts while measuring cancels out. ``compile=True`` compares the
+    two compiled models.
+    """
+    ratios = {}
+    with torch.inference_mode():
+        for n in dict.fromkeys((1, batch)):
+            fns = {}
+            for key, net in (("model", model), ("reference", reference)):
+                net, x = _layout(net.to(device).eval(), torch.randn(n, 3, size, size, device=device), channels_last)
+                forward = compile_for_inference(net, [x])[0] if compile else net
+                fns[key] = lambda forward=forward, x=x: forward(x)
+            per_round = max(1, iters // 4 if n == 1 else iters // 15)
+            samples = interleaved_latency(fns, device, rounds=rounds, iters=per_round)
+            ratios[f"batch_{n}"] = statistics.median(m / r for m, r in zip(samples["model"], samples["reference"]))
+    return ratios
+
+
 @register_task("profile")
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
@@ -93,6 +122,11 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         model, size = build_backbone(cfg)
         efficiency = profile_model(model, size, t.batch, device=device, warmup=t.warmup, iters=t.iters,
                                    train=t.train, channels_last=t.channels_last, compile=t.compile)
+        if t.baseline:
+            reference, _ = build_backbone(cfg, op=t.baseline)
+            ratios = compare_latency(model, reference, size, t.batch, device=device, rounds=t.baseline_rounds,
+                                     iters=t.iters, channels_last=t.channels_last, compile=t.compile)
+            efficiency["vs_baseline"] = {"op": t.baseline, "rounds": t.baseline_rounds, **ratios}
         return {"efficiency": efficiency, "op_metadata": model.op_metadata, "hardware": hardware(t.device)}
     module, x = build_operator(cfg)
     module, x = _layout(module, x, t.channels_last)

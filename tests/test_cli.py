@@ -47,6 +47,9 @@ def test_cfg_prints_the_composed_config(capsys: pytest.CaptureFixture) -> None:
     (["run", "task=profil"], "Did you mean 'profile'?"),
     (["run", "task.batch=abc"], "Invalid value for 'task.batch'"),
     (["profile", "task.threads=0"], "give a positive number of CPU threads"),
+    (["profile", "op=conv", "task.baseline=conv"], "compares a backbone with two operators"),
+    (["profile", "backbone=resnet20", "task.baseline=nearest"], "Unknown baseline operator (task.baseline) 'nearest'"),
+    (["profile", "backbone=resnet20", "task.baseline=conv", "task.baseline_rounds=0"], "give at least one round"),
     (["run", "seed=0,1"], "add -m"),
     (["run", "op=conv,"], "Cannot parse"),
     (["check", "op=conv", "channels=x"], "channels expects int"),
@@ -141,6 +144,17 @@ def test_profile_backbone_records_latency_throughput_and_placement(tmp_path: Pat
     assert eff["input_shape"] == [3, 32, 32] and eff["latency_ms"]["batch"] == 1 and eff["throughput_batch"] == 2
     assert eff["macs"] > 0 and eff["latency_ms"]["median"] > 0 and eff["train_step_ms"] > 0
     assert record["op_metadata"]["stride_fallback_slots"] == []  # resnet20's strided convs are not operator slots
+
+
+def test_profile_against_a_baseline_records_interleaved_latency_ratios(tmp_path: Path) -> None:
+    args = ["profile", "backbone=resnet20", "op=octconv", "task.baseline=conv", "task.baseline_rounds=2",
+            "task.batch=2", "task.size=16", "task.warmup=0", "task.iters=2", "task.train=false",
+            f"results_dir={tmp_path}"]
+    assert main(args) == 0
+    (record,) = records(tmp_path)
+    ratios = record["efficiency"]["vs_baseline"]
+    assert ratios["op"] == "conv" and ratios["rounds"] == 2
+    assert ratios["batch_1"] > 0 and ratios["batch_2"] > 0
 
 
 def test_profile_op_all_sweeps_and_skips_what_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

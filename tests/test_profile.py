@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,11 @@ import torch
 from torch import nn
 
 from bench.profile import (COMPILED_VARIANTS, compile_for_inference, count_macs, count_params, counter_macs,
-                           malloc_policy, measure_latency, profile_module, retain_freed_memory,
+                           interleaved_latency, malloc_policy, measure_latency, profile_module, retain_freed_memory,
                            saved_activation_bytes)
 from bench.results import hardware
 from operators import create_op, create_upsampler, register_op
+from tasks.profile import compare_latency
 
 
 def test_counter_and_formula_agree_on_plain_layers() -> None:
@@ -68,6 +70,35 @@ def test_latency_and_profile_record() -> None:
     assert prof.macs == 2 * prof.macs_per_sample == 2 * 8 * 8 * 9 * 64
     assert prof.params == 8 * 8 * 9
     assert prof.train_step_ms > 0 and prof.throughput_per_s > 0
+
+
+def test_interleaved_latency_alternates_models_round_by_round() -> None:
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    samples = interleaved_latency(fns, torch.device("cpu"), rounds=3, iters=2, warmup=1)
+    assert {name: len(v) for name, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    timed = calls[3:]  # after one warm-up call each; every timing is one warm-up call plus two timed ones
+    assert timed == [n for n in "abc" for _ in range(3)] + [n for n in "cba" for _ in range(3)] \
+        + [n for n in "abc" for _ in range(3)]
+
+
+class _Sleeper(nn.Module):
+    """A model whose forward takes a known wall time, to check ratios without depending on the machine's speed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def test_compare_latency_is_the_ratio_of_the_two_models_times() -> None:
+    ratios = compare_latency(_Sleeper(0.006), _Sleeper(0.002), size=4, batch=2, device=torch.device("cpu"),
+                             rounds=3, iters=4)
+    assert set(ratios) == {"batch_1", "batch_2"}
+    assert all(2.0 < r < 3.5 for r in ratios.values()), ratios
 
 
 def _resident_bytes() -> int:
