@@ -44,9 +44,10 @@ def _max_pool(x: Tensor, factor: int) -> Tensor:
 
 def _add_upsampled_(y: Tensor, low: Tensor) -> Tensor:
     """``y += nearest_upsample(low)`` in place; an exact 2x is a broadcast add, with no upsampled copy."""
-    (h, w), (lh, lw) = y.shape[-2:], low.shape[-2:]
-    if (h, w) == (2 * lh, 2 * lw):
-        y.unflatten(3, (lw, 2)).unflatten(2, (lh, 2)).add_(low[:, :, :, None, :, None])
+    n, c, lh, lw = low.shape
+    h, w = y.shape[-2:]
+    if (h, w) == (2 * lh, 2 * lw):  # split each row and column of y in two, and broadcast low over the pairs
+        y.view(n, c, lh, 2, lw, 2).add_(low.view(n, c, lh, 1, lw, 1))
         return y
     return y.add_(F.interpolate(low, size=(h, w), mode="nearest"))
 
