@@ -174,8 +174,10 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     name, _ = PRIMARY.get(section[0], ("top1", True))
     scale = _percent(name)
     metrics = sorted({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
+    ratios = section[0] == "profile"
     header = ["backbone", "op", "upsampler", "recipe", *metrics, f"delta {name} vs conv", "params (M)", "GMACs",
-              "latency (ms)", "throughput (/s)", "seeds", "results", "reproduce"]
+              "latency (ms)", *(["latency vs baseline (interleaved)"] if ratios else []), "throughput (/s)", "seeds",
+              "results", "reproduce"]
     cells = []
     for row in rows:
         n = len(row.records)
@@ -184,10 +186,22 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
         cells.append([*row.key, *(_fmt(row.metric(m), n, _percent(m)) for m in metrics),
                       _delta(rows, row, name, scale),
                       f"{params / 1e6:.2f}" if params else "-", f"{macs / 1e9:.3f}" if macs else "-",
-                      _fmt(row.metric("latency_ms"), n), f"{throughput:.1f}" if throughput else "-",
+                      _fmt(row.metric("latency_ms"), n), *([_vs_baseline(row)] if ratios else []),
+                      f"{throughput:.1f}" if throughput else "-",
                       ",".join(map(str, row.seeds)) or "-", [_rel(p, link_root) for p, _ in row.records],
                       _command(row)])
     return header, cells
+
+
+def _vs_baseline(row: Row) -> str:
+    """The interleaved latency ratios of `task.baseline`, per batch size, averaged over the row's records."""
+    found = [r["efficiency"]["vs_baseline"] for _, r in row.records if r.get("efficiency", {}).get("vs_baseline")]
+    if not found:
+        return "-"
+    batches = sorted({int(k.removeprefix("batch_")) for f in found for k in f if k.startswith("batch_")})
+    means = [statistics.fmean(f[f"batch_{b}"] for f in found if f"batch_{b}" in f) for b in batches]
+    baselines = "/".join(sorted({f["op"] for f in found}))
+    return " / ".join(f"{m:.2f}x" for m in means) + f" {baselines} (batch {' / '.join(map(str, batches))})"
 
 
 def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tuple[Path, str]],

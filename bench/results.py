@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "success", "failed", "diverged", "interrupted")
@@ -38,10 +38,25 @@ class Latency(_Open):
     batch: int = Field(ge=1)
 
 
+class BaselineRatios(_Open):
+    """Latency over a baseline network's, timed interleaved (`task.baseline`); ``batch_<n>`` fields hold ratios."""
+
+    op: str
+    rounds: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _positive_ratios(self) -> BaselineRatios:
+        for key, value in (self.model_extra or {}).items():
+            if not (key.startswith("batch_") and isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{key}={value!r}: expected batch_<n> fields holding positive latency ratios")
+        return self
+
+
 class Efficiency(_Open):
     params: Optional[int] = Field(default=None, ge=0)
     macs: Optional[int] = Field(default=None, ge=0)
     latency_ms: Optional[Latency] = None
+    vs_baseline: Optional[BaselineRatios] = None
 
 
 class Provenance(_Open):

@@ -173,3 +173,40 @@ def test_different_protocols_or_operator_arguments_are_never_averaged(tmp_path: 
     assert len(quick_rows) == 2 and len({line.split(" | ")[3] for line in quick_rows}) == 2
     assert any("80.00 +/- 0.00 (n=2)" in line for line in quick_rows)
     assert any("| octconv(alpha=0.25) |" in line for line in rows)
+
+
+def profile_record(results: Path, op: str, seed: int, vs_baseline: dict | None) -> Path:
+    config = {"op": op, "seed": seed, "backbone": "resnet50", "data": None, "recipe": None}
+    r = new_record("profile", config, f"bench profile backbone=resnet50 op={op} task.baseline=conv", "p" * 64)
+    r.update(status="success", efficiency={"params": 10**6, "macs": 10**9, "compiled": False,
+                                           "latency_ms": {"median": 50.0, "iqr": 1.0, "batch": 1},
+                                           **({"vs_baseline": vs_baseline} if vs_baseline else {})})
+    r["provenance"]["hardware"] = {"label": "CPU A"}
+    return write_record(r, results)
+
+
+def test_profile_rows_show_the_interleaved_ratio_to_the_baseline(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    profile_record(folder, "octconv", 0, {"op": "conv", "rounds": 7, "batch_1": 0.78, "batch_8": 0.64})
+    profile_record(folder, "octconv", 1, {"op": "conv", "rounds": 7, "batch_1": 0.82, "batch_8": 0.66})
+    profile_record(folder, "dwconv", 0, None)
+    generate([folder], tmp_path)
+    lines = (tmp_path / "README.md").read_text().splitlines()
+    assert "latency vs baseline (interleaved)" in next(line for line in lines if line.startswith("| backbone"))
+    oct_line = next(line for line in lines if "| octconv |" in line)
+    dw_line = next(line for line in lines if "| dwconv |" in line)
+    assert "| 0.80x / 0.65x conv (batch 1 / 8) |" in oct_line  # means over the row's two records
+    assert "| 50.00 | - | - | 0 |" in dw_line  # no baseline: no ratio (nor throughput)
+
+
+@pytest.mark.parametrize("ratios", [{"op": "conv", "rounds": 7, "batch_1": -0.5},
+                                    {"op": "conv", "rounds": 7, "batch_1": "fast"},
+                                    {"op": "conv", "rounds": 0, "batch_1": 0.8}])
+def test_a_record_with_a_broken_baseline_ratio_is_skipped(tmp_path: Path, ratios: dict) -> None:
+    folder = tmp_path / "results"
+    path = profile_record(folder, "octconv", 0, {"op": "conv", "rounds": 7, "batch_1": 0.8})
+    r = read_record(path)
+    r["efficiency"]["vs_baseline"] = ratios
+    path.write_text(json.dumps(r))
+    valid, invalid = collect([folder])
+    assert valid == [] and invalid[0][0] == path and "vs_baseline" in invalid[0][1]
