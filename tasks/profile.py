@@ -22,7 +22,7 @@ from timm.data import resolve_data_config
 from bench.config import ConfigError
 from bench.profile import Profile, compile_for_inference, interleaved_latency, map_tensors, profile_module
 from bench.results import hardware
-from operators.registry import create_op, create_upsampler, example_input, op_info
+from operators.registry import OperatorError, create_op, create_upsampler, example_input, op_info
 from tasks import register_task
 
 OPERATOR_SIZE = 28
@@ -109,6 +109,14 @@ def compare_latency(model: torch.nn.Module, reference: torch.nn.Module, size: in
     return ratios
 
 
+def _build_baseline(cfg: DictConfig) -> torch.nn.Module:
+    """The backbone with ``task.baseline`` in its slots; an operator the backbone refuses is a config mistake."""
+    try:
+        return build_backbone(cfg, op=cfg.task.baseline)[0]
+    except OperatorError as err:
+        raise ConfigError(f"task.baseline={cfg.task.baseline} cannot be the baseline here: {err}") from None
+
+
 @register_task("profile")
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
@@ -120,10 +128,10 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         raise ConfigError(f"task.device={t.device} but torch sees no CUDA device here; use task.device=cpu.")
     if cfg.backbone:
         model, size = build_backbone(cfg)
+        reference = _build_baseline(cfg) if t.baseline else None  # a pairing that cannot work fails before timing
         efficiency = profile_model(model, size, t.batch, device=device, warmup=t.warmup, iters=t.iters,
                                    train=t.train, channels_last=t.channels_last, compile=t.compile)
-        if t.baseline:
-            reference, _ = build_backbone(cfg, op=t.baseline)
+        if reference is not None:
             ratios = compare_latency(model, reference, size, t.batch, device=device, rounds=t.baseline_rounds,
                                      iters=t.iters, channels_last=t.channels_last, compile=t.compile)
             efficiency["vs_baseline"] = {"op": t.baseline, "rounds": t.baseline_rounds, **ratios}

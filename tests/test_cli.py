@@ -50,6 +50,7 @@ def test_cfg_prints_the_composed_config(capsys: pytest.CaptureFixture) -> None:
     (["profile", "op=conv", "task.baseline=conv"], "compares a backbone with two operators"),
     (["profile", "backbone=resnet20", "task.baseline=nearest"], "Unknown baseline operator (task.baseline) 'nearest'"),
     (["profile", "backbone=resnet20", "task.baseline=conv", "task.baseline_rounds=0"], "give at least one round"),
+    (["profile", "backbone=resnet20", "task.baseline=goctconv"], "task.baseline=goctconv cannot be the baseline here"),
     (["run", "seed=0,1"], "add -m"),
     (["run", "op=conv,"], "Cannot parse"),
     (["check", "op=conv", "channels=x"], "channels expects int"),
