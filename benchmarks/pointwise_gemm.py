@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import torch
 import backbones
 import operators.conv as conv_module
 from operators.conv import Pointwise
-from bench.profile import measure_latency
+from bench.profile import interleaved_latency, measure_latency
 from bench.results import hardware
 
 NETWORKS = [("op_resnet50", {"op": "conv"}), ("op_resnet50", {"op": "octconv"}), ("op_mobilenetv2", {}),
@@ -82,6 +83,12 @@ def shapes_table(iters: int) -> list[dict]:
     return rows
 
 
+def forward_under_rule(model: torch.nn.Module, x: torch.Tensor, rule: str) -> torch.Tensor:
+    """``model(x)`` with ``Pointwise`` following ``RULES[rule]``."""
+    with gemm_rule(*RULES[rule]):
+        return model(x)
+
+
 def networks_ab(ops: list[str], batches: list[int], rounds: int) -> dict:
     cpu = torch.device("cpu")
     models = {op: timm.create_model("op_resnet50", op=op).eval().to(memory_format=torch.channels_last) for op in ops}
@@ -89,14 +96,10 @@ def networks_ab(ops: list[str], batches: list[int], rounds: int) -> dict:
     with torch.inference_mode():
         for batch in batches:
             x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-            samples = {(op, rule): [] for op in ops for rule in RULES}
-            for r in range(rounds):
-                order = list(samples.items())
-                for (op, rule), times in order if r % 2 else reversed(order):  # alternate, so order bias cancels
-                    with gemm_rule(*RULES[rule]):
-                        times.append(measure_latency(lambda: models[op](x), cpu, warmup=1,
-                                                     iters=8 if batch == 1 else 2)["median_ms"])
-            med = {key: statistics.median(v) for key, v in samples.items()}
+            fns = {f"{op} {rule}": functools.partial(forward_under_rule, models[op], x, rule)
+                   for op in ops for rule in RULES}
+            samples = interleaved_latency(fns, cpu, rounds=rounds, iters=8 if batch == 1 else 2)
+            med = {(op, rule): statistics.median(samples[f"{op} {rule}"]) for op in ops for rule in RULES}
             result[str(batch)] = {op: {f"{rule}_ms": med[op, rule] for rule in RULES} for op in ops}
             for op in ops:
                 print(f"batch {batch} {op:<8} " + "   ".join(f"{rule} {med[op, rule]:6.1f} ms" for rule in RULES))

@@ -95,12 +95,13 @@ def compare_latency(model: torch.nn.Module, reference: torch.nn.Module, size: in
     that round's ratio, so load that drifts while measuring cancels out. ``compile=True`` compares the
     two compiled models.
     """
+    nets = {key: net.to(device).eval() for key, net in (("model", model), ("reference", reference))}
     ratios = {}
     with torch.inference_mode():
         for n in dict.fromkeys((1, batch)):
             fns = {}
-            for key, net in (("model", model), ("reference", reference)):
-                net, x = _layout(net.to(device).eval(), torch.randn(n, 3, size, size, device=device), channels_last)
+            for key, net in nets.items():
+                net, x = _layout(net, torch.randn(n, 3, size, size, device=device), channels_last)
                 forward = compile_for_inference(net, [x])[0] if compile else net
                 fns[key] = lambda forward=forward, x=x: forward(x)
             per_round = max(1, iters // 4 if n == 1 else iters // 15)
