@@ -182,7 +182,7 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def _check_baseline(cfg: DictConfig, baseline: str) -> None:
-    """``task.baseline`` compares whole networks: it needs a backbone, a conv-kind operator and a round."""
+    """``task.baseline`` compares whole networks: it needs a backbone, a conv-kind operator, a round and a process."""
     if not cfg.get("backbone"):
         raise ConfigError(f"task.baseline={baseline} compares a backbone with two operators; name one "
                           "(backbone=resnet50), or drop task.baseline to profile the bare operator.")
@@ -190,6 +190,9 @@ def _check_baseline(cfg: DictConfig, baseline: str) -> None:
         raise ConfigError(unknown_name_message("baseline operator (task.baseline)", baseline, conv_ops))
     if cfg.task.baseline_rounds < 1:
         raise ConfigError(f"task.baseline_rounds={cfg.task.baseline_rounds}: give at least one round.")
+    if cfg.task.baseline_processes < 1:
+        raise ConfigError(f"task.baseline_processes={cfg.task.baseline_processes}: give at least one process "
+                          "(1 compares in this process).")
 
 
 def expand_all_ops(overrides: list[str]) -> tuple[list[str], bool]:

@@ -43,10 +43,14 @@ class BaselineRatios(_Open):
 
     op: str
     rounds: int = Field(ge=1)
+    processes: int = Field(default=1, ge=1)
+    per_process: Optional[list[dict[str, float]]] = None
+    """Each fresh process's ratios when ``processes`` > 1; the batch_<n> fields are their medians."""
 
     @model_validator(mode="after")
     def _positive_ratios(self) -> BaselineRatios:
-        for key, value in (self.model_extra or {}).items():
+        fields = [(self.model_extra or {}).items(), *(run.items() for run in self.per_process or [])]
+        for key, value in (item for items in fields for item in items):
             if not (key.startswith("batch_") and isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{key}={value!r}: expected batch_<n> fields holding positive latency ratios")
         return self

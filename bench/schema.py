@@ -28,6 +28,7 @@ class ProfileTaskConfig:
     train: bool = True
     baseline: Optional[str] = None
     baseline_rounds: int = 7
+    baseline_processes: int = 3
 
 
 @dataclass

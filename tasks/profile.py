@@ -7,11 +7,16 @@ activation memory, all on the current device and recorded with it. ``task.compil
 torch.compile'd model instead (the deployed speed; no train step). ``task.baseline=conv`` also times
 the same backbone with the baseline operator, interleaved with this one in the same process, and
 records the latency ratios (``efficiency.vs_baseline``): the figure that survives a drifting load.
+``task.baseline_processes=N`` repeats that comparison in N fresh Python processes and records the
+median, because on some machines a whole process runs small ops slower than the next one does.
 """
 
 from __future__ import annotations
 
+import importlib
+import multiprocessing
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import timm
@@ -118,6 +123,56 @@ def _build_baseline(cfg: DictConfig) -> torch.nn.Module:
         raise ConfigError(f"task.baseline={cfg.task.baseline} cannot be the baseline here: {err}") from None
 
 
+def _compare_with_baseline(cfg: DictConfig, model: torch.nn.Module, reference: torch.nn.Module,
+                           size: int) -> dict[str, float]:
+    """`compare_latency` with the task's settings."""
+    t = cfg.task
+    return compare_latency(model, reference, size, t.batch, device=torch.device(t.device), rounds=t.baseline_rounds,
+                           iters=t.iters, channels_last=t.channels_last, compile=t.compile)
+
+
+def _compare_in_this_process(config: dict[str, Any], modules: list[str]) -> dict[str, float]:
+    """The baseline comparison of ``config`` from scratch: the body of each fresh process.
+
+    ``modules`` define the two operators; importing them registers operators that are neither
+    built in nor plugins (a user's own module), as they were in the parent.
+    """
+    for name in modules:
+        importlib.import_module(name)
+    cfg = OmegaConf.create(config)
+    if cfg.task.threads is not None:
+        torch.set_num_threads(cfg.task.threads)
+    model, size = build_backbone(cfg)
+    return _compare_with_baseline(cfg, model, _build_baseline(cfg), size)
+
+
+def _defining_modules(*ops: str) -> list[str]:
+    """Modules whose import registers ``ops`` (a script's own ``__main__`` is re-run by spawn itself)."""
+    modules = {getattr(op_info(op).factory, "__module__", None) for op in ops}
+    return sorted(m for m in modules if m and m != "__main__")
+
+
+def compare_in_fresh_processes(cfg: DictConfig) -> dict[str, Any]:
+    """``task.baseline_processes`` baseline comparisons, each in a new interpreter; the median and each one.
+
+    One process at a time (never two timing at once). An operator registered at run time (inside a
+    function) does not exist in a new interpreter; the comparison then fails, saying so.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True)
+    modules = _defining_modules(cfg.op, cfg.task.baseline)
+    runs = []
+    for _ in range(cfg.task.baseline_processes):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                runs.append(pool.submit(_compare_in_this_process, config, modules).result())
+            except Exception as err:
+                raise RuntimeError(f"the baseline comparison in a fresh process failed: {type(err).__name__}: "
+                                   f"{str(err).rstrip('.')}. A fresh process knows built-in operators, plugins and "
+                                   "operators registered by importing a module or the script; "
+                                   "task.baseline_processes=1 compares in this process instead.") from err
+    return {**{key: statistics.median(r[key] for r in runs) for key in runs[0]}, "per_process": runs}
+
+
 @register_task("profile")
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
@@ -133,9 +188,13 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
         efficiency = profile_model(model, size, t.batch, device=device, warmup=t.warmup, iters=t.iters,
                                    train=t.train, channels_last=t.channels_last, compile=t.compile)
         if reference is not None:
-            ratios = compare_latency(model, reference, size, t.batch, device=device, rounds=t.baseline_rounds,
-                                     iters=t.iters, channels_last=t.channels_last, compile=t.compile)
-            efficiency["vs_baseline"] = {"op": t.baseline, "rounds": t.baseline_rounds, **ratios}
+            if t.baseline_processes > 1:
+                del reference
+                ratios = compare_in_fresh_processes(cfg)
+            else:
+                ratios = _compare_with_baseline(cfg, model, reference, size)
+            efficiency["vs_baseline"] = {"op": t.baseline, "rounds": t.baseline_rounds,
+                                         "processes": t.baseline_processes, **ratios}
         return {"efficiency": efficiency, "op_metadata": model.op_metadata, "hardware": hardware(t.device)}
     module, x = build_operator(cfg)
     module, x = _layout(module, x, t.channels_last)

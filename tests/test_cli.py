@@ -50,6 +50,7 @@ def test_cfg_prints_the_composed_config(capsys: pytest.CaptureFixture) -> None:
     (["profile", "op=conv", "task.baseline=conv"], "compares a backbone with two operators"),
     (["profile", "backbone=resnet20", "task.baseline=nearest"], "Unknown baseline operator (task.baseline) 'nearest'"),
     (["profile", "backbone=resnet20", "task.baseline=conv", "task.baseline_rounds=0"], "give at least one round"),
+    (["profile", "backbone=resnet20", "task.baseline=conv", "task.baseline_processes=0"], "at least one process"),
     (["profile", "backbone=resnet20", "task.baseline=goctconv"], "task.baseline=goctconv cannot be the baseline here"),
     (["run", "seed=0,1"], "add -m"),
     (["run", "op=conv,"], "Cannot parse"),
@@ -149,13 +150,58 @@ def test_profile_backbone_records_latency_throughput_and_placement(tmp_path: Pat
 
 def test_profile_against_a_baseline_records_interleaved_latency_ratios(tmp_path: Path) -> None:
     args = ["profile", "backbone=resnet20", "op=octconv", "task.baseline=conv", "task.baseline_rounds=2",
-            "task.batch=2", "task.size=16", "task.warmup=0", "task.iters=2", "task.train=false",
-            f"results_dir={tmp_path}"]
+            "task.baseline_processes=1", "task.batch=2", "task.size=16", "task.warmup=0", "task.iters=2",
+            "task.train=false", f"results_dir={tmp_path}"]
     assert main(args) == 0
     (record,) = records(tmp_path)
     ratios = record["efficiency"]["vs_baseline"]
-    assert ratios["op"] == "conv" and ratios["rounds"] == 2
-    assert ratios["batch_1"] > 0 and ratios["batch_2"] > 0
+    assert ratios["op"] == "conv" and ratios["rounds"] == 2 and ratios["processes"] == 1
+    assert ratios["batch_1"] > 0 and ratios["batch_2"] > 0 and "per_process" not in ratios
+
+
+USER_OPS = """
+from torch import nn
+from operators import register_op
+
+@register_op("user_conv", kind="conv", paper=None)
+class UserConv(nn.Conv2d):  # an operator of a user's own module: a 3x3 conv under another name
+    def __init__(self, cin, cout, kernel_size=3, stride=1):
+        super().__init__(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+"""
+
+
+def test_baseline_in_fresh_processes_records_each_and_their_median(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_registry: None) -> None:
+    (tmp_path / "user_ops.py").write_text(USER_OPS)  # registers on import, as a user's own module does
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_ops", raising=False)
+    __import__("user_ops")
+    args = ["profile", "backbone=resnet20", "op=user_conv", "task.baseline=conv", "task.baseline_rounds=1",
+            "task.baseline_processes=2", "task.batch=2", "task.size=16", "task.warmup=0", "task.iters=2",
+            "task.train=false", f"results_dir={tmp_path / 'results'}"]
+    assert main(args) == 0
+    monkeypatch.delitem(sys.modules, "user_ops")
+    (record,) = records(tmp_path / "results")
+    ratios = record["efficiency"]["vs_baseline"]
+    assert ratios["processes"] == 2 and len(ratios["per_process"]) == 2
+    for key in ("batch_1", "batch_2"):
+        runs = [run[key] for run in ratios["per_process"]]
+        assert all(r > 0 for r in runs) and ratios[key] == pytest.approx(sum(runs) / 2)
+
+
+def test_operator_a_fresh_process_cannot_rebuild_fails_with_advice(
+        tmp_path: Path, capsys: pytest.CaptureFixture, restore_registry: None) -> None:
+    @register_op("local_conv", kind="conv", paper=None)
+    class LocalConv(torch.nn.Conv2d):  # registered by this function, not by importing its module
+        def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1) -> None:
+            super().__init__(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+
+    args = ["profile", "backbone=resnet20", "op=local_conv", "task.baseline=conv", "task.baseline_rounds=1",
+            "task.baseline_processes=2", "task.batch=2", "task.size=16", "task.warmup=0", "task.iters=2",
+            "task.train=false", f"results_dir={tmp_path}"]
+    assert main(args) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "fresh process failed" in err and "local_conv" in err and "task.baseline_processes=1" in err
 
 
 def test_profile_op_all_sweeps_and_skips_what_cannot_be_built(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

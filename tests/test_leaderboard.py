@@ -201,7 +201,10 @@ def test_profile_rows_show_the_interleaved_ratio_to_the_baseline(tmp_path: Path)
 
 @pytest.mark.parametrize("ratios", [{"op": "conv", "rounds": 7, "batch_1": -0.5},
                                     {"op": "conv", "rounds": 7, "batch_1": "fast"},
-                                    {"op": "conv", "rounds": 0, "batch_1": 0.8}])
+                                    {"op": "conv", "rounds": 0, "batch_1": 0.8},
+                                    {"op": "conv", "rounds": 7, "processes": 0, "batch_1": 0.8},
+                                    {"op": "conv", "rounds": 7, "processes": 2, "batch_1": 0.8,
+                                     "per_process": [{"batch_1": 0.8}, {"batch_1": 0}]}])
 def test_a_record_with_a_broken_baseline_ratio_is_skipped(tmp_path: Path, ratios: dict) -> None:
     folder = tmp_path / "results"
     path = profile_record(folder, "octconv", 0, {"op": "conv", "rounds": 7, "batch_1": 0.8})
