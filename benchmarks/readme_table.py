@@ -2,8 +2,10 @@
 
 Usage: python benchmarks/readme_table.py FILE [--ratios RATIOS] [--readme README.md]
 Prints the table; with --readme, replaces the block between the `<!-- profile-table -->` markers.
-RATIOS is the JSON of benchmarks/interleaved_latency.py: its drift-free latency ratios to `conv`
-(batch 1 and 8) replace the ratio of the sequential runs, which a shared machine's drift distorts.
+The eager ratio to `conv` (batch 1 and 8) is the records' own ``vs_baseline`` when they were
+profiled with ``task.baseline=conv`` (interleaved, median over fresh processes); otherwise RATIOS,
+the JSON of benchmarks/interleaved_latency.py (interleaved, one process); otherwise the ratio of the
+sequential runs, which a shared machine's drift distorts. RATIOS also supplies the compiled column.
 """
 
 from __future__ import annotations
@@ -16,15 +18,36 @@ from pathlib import Path
 START, END = "<!-- profile-table -->", "<!-- /profile-table -->"
 
 
+def _eager_ratio(op: str, eff: dict, base: dict | None, ratios: dict | None) -> str:
+    """Latency over conv's at batch 1 / the throughput batch, from the best source the inputs hold."""
+    if own := eff.get("vs_baseline"):
+        return " / ".join(f"{own[f'batch_{b}']:.2f}x" for b in (1, eff["throughput_batch"]))
+    if ratios and op in ratios["batches"]["1"]:
+        return " / ".join(f"{ratios['batches'][b][op]['vs_conv']:.2f}x" for b in ("1", "8"))
+    if base:
+        return f"{eff['latency_ms']['median'] / base['efficiency']['latency_ms']['median']:.2f}x (sequential)"
+    return "-"
+
+
+def _ratio_note(base: dict | None, ratios: dict | None, compiled: bool) -> str:
+    """Where the table's ratio columns come from."""
+    script = f"`python benchmarks/interleaved_latency.py{' --compile' if compiled else ''}`"
+    own = base and base["efficiency"].get("vs_baseline")
+    if not own:
+        return f" Ratios to conv: {script} ({ratios['rounds']} interleaved rounds)." if ratios else ""
+    note = (f" Eager ratios to conv: `task.baseline=conv` (median of {own.get('processes', 1)} fresh processes, "
+            f"{own['rounds']} interleaved rounds each).")
+    return note + (f" Compiled: {script} ({ratios['rounds']} interleaved rounds)." if compiled else "")
+
+
 def render(records: list[dict], ratios: dict | None = None) -> str:
-    """One row per operator; the latency ratio to `conv` comes from the interleaved run when given."""
+    """One row per operator; latency ratios to `conv` as the module docstring says."""
     by_op = {r["config"]["op"]: r for r in records if r["status"] == "success"}
     base = by_op.get("conv")
     first = next(iter(by_op.values()))
     cfg, hw = first["config"], first["provenance"]["hardware"]
     compiled = bool(ratios and ratios.get("compiled"))
-    note = (f" Ratios to conv: `python benchmarks/interleaved_latency.py{' --compile' if compiled else ''}` "
-            f"({ratios['rounds']} interleaved rounds)." if ratios else "")
+    note = _ratio_note(base, ratios, compiled)
     lines = [
         f"`{first['provenance']['command'].split(' op=')[0]} op=all` on {hw['label']}, "
         f"{cfg['backbone']} at {first['efficiency']['input_shape'][-1]}x{first['efficiency']['input_shape'][-1]}, "
@@ -38,15 +61,11 @@ def render(records: list[dict], ratios: dict | None = None) -> str:
     ]
     for op, r in by_op.items():
         c = r["efficiency"]
+        ratio = _eager_ratio(op, c, base, ratios)
         fast = "-"
-        if ratios and op in ratios["batches"]["1"]:
-            ratio = " / ".join(f"{ratios['batches'][b][op]['vs_conv']:.2f}x" for b in ("1", "8"))
-            if compiled:
-                fast = f"{ratios['batches']['1'][op]['compiled_ms']:.1f} ms; " + " / ".join(
-                    f"{ratios['batches'][b][op]['compiled_vs_conv']:.2f}x" for b in ("1", "8"))
-        else:
-            ratio = f"{c['latency_ms']['median'] / base['efficiency']['latency_ms']['median']:.2f}x (sequential)" \
-                if base else "-"
+        if compiled and op in ratios["batches"]["1"]:
+            fast = f"{ratios['batches']['1'][op]['compiled_ms']:.1f} ms; " + " / ".join(
+                f"{ratios['batches'][b][op]['compiled_vs_conv']:.2f}x" for b in ("1", "8"))
         fallback = "avg-pool" if r.get("op_metadata", {}).get("stride_fallback") else "-"
         lines.append(f"| {op} | {c['params'] / 1e6:.2f} | {c['macs'] / 1e9:.2f} | "
                      f"{c['latency_ms']['median']:.1f} +/- {c['latency_ms']['iqr']:.1f} | {ratio} | "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -45,3 +46,29 @@ def test_readme_cli_examples_compose(capsys: pytest.CaptureFixture) -> None:
         multirun = "-m" in args
         args = [a for a in args if a not in ("-m", "--cfg")]
         assert main([command, "--cfg", *(["-m"] if multirun else []), *args]) == 0, rest
+
+
+def _table_record(op: str, latency: float, vs_baseline: dict | None) -> dict:
+    efficiency = {"params": 25_000_000, "macs": 4_000_000_000, "input_shape": [3, 224, 224], "channels_last": True,
+                  "latency_ms": {"median": latency, "iqr": 1.0}, "throughput_batch": 8, "throughput_per_s": 20.0,
+                  "train_step_ms": None, "saved_activation_mb": 600.0,
+                  **({"vs_baseline": vs_baseline} if vs_baseline else {})}
+    return {"status": "success", "config": {"op": op, "backbone": "resnet50"}, "efficiency": efficiency,
+            "provenance": {"hardware": {"label": "CPU"}, "command": "bench profile backbone=resnet50 op=conv",
+                           "versions": {"torch": "2.13.0"}}}
+
+
+def test_readme_table_takes_ratios_from_the_records_then_the_script_then_sequential_runs() -> None:
+    spec = importlib.util.spec_from_file_location("readme_table", README.parent / "benchmarks" / "readme_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    own = {"op": "conv", "rounds": 7, "processes": 3}
+    records = [_table_record("conv", 60.0, {**own, "batch_1": 1.0, "batch_8": 1.0}),
+               _table_record("octconv", 48.0, {**own, "batch_1": 0.79, "batch_8": 0.64})]
+    script = {"rounds": 9, "compiled": False, "batches": {b: {op: {"vs_conv": v} for op, v in
+                                                              (("conv", 1.0), ("octconv", 0.9))} for b in ("1", "8")}}
+    rendered = table.render(records, script)
+    assert "| 0.79x / 0.64x |" in rendered and "median of 3 fresh processes" in rendered
+    without_own = [_table_record(r["config"]["op"], r["efficiency"]["latency_ms"]["median"], None) for r in records]
+    assert "| 0.90x / 0.90x |" in table.render(without_own, script)
+    assert "| 0.80x (sequential) |" in table.render(without_own)
