@@ -131,7 +131,7 @@ def _compare_with_baseline(cfg: DictConfig, model: torch.nn.Module, reference: t
                            iters=t.iters, channels_last=t.channels_last, compile=t.compile)
 
 
-def _compare_in_this_process(config: dict[str, Any], modules: list[str]) -> dict[str, float]:
+def _compare_from_scratch(config: dict[str, Any], modules: list[str]) -> dict[str, float]:
     """The baseline comparison of ``config`` from scratch: the body of each fresh process.
 
     ``modules`` define the two operators; importing them registers operators that are neither
@@ -164,7 +164,7 @@ def compare_in_fresh_processes(cfg: DictConfig) -> dict[str, Any]:
     for _ in range(cfg.task.baseline_processes):
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             try:
-                runs.append(pool.submit(_compare_in_this_process, config, modules).result())
+                runs.append(pool.submit(_compare_from_scratch, config, modules).result())
             except Exception as err:
                 raise RuntimeError(f"the baseline comparison in a fresh process failed: {type(err).__name__}: "
                                    f"{str(err).rstrip('.')}. A fresh process knows built-in operators, plugins and "
