@@ -15,9 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from bench.profile import counter_macs
-from operators.registry import (OperatorError, OpInfo, create_op, create_upsampler, example_input, mac_formula,
-                                op_info)
+from bench.measure import counter_macs, example_input
+from operators.registry import OperatorError, OpInfo, create_op, create_upsampler, mac_formula, op_info
 
 Status = Literal["pass", "fail", "skip"]
 

@@ -135,7 +135,7 @@ def _cpu_model() -> str:
 
 def hardware(device: str = "cpu") -> dict[str, Any]:
     """Where latencies were measured: results from different hardware are never ranked together."""
-    from bench.profile import malloc_policy
+    from bench.measure import malloc_policy
 
     info: dict[str, Any] = {"device": device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
                             "torch_threads": torch.get_num_threads(), "malloc": malloc_policy()}

@@ -3,7 +3,7 @@
 A shared machine's load comes and goes; this makes some on purpose. A child process spins for
 ``--busy-ms`` out of every ``--period-ms`` (a neighbour that wakes up often, briefly), and the ratio of
 ``--op`` to ``--baseline`` inside one backbone is measured with and without it, alternating, each time
-with `tasks.profile.compare_latency` (both networks timed back to back, round after round).
+with `bench.measure.compare_latency` (both networks timed back to back, round after round).
 
 Usage: python benchmarks/background_load.py [--backbone resnet50] [--op octconv] [--baseline conv]
                                             [--busy-ms 2] [--period-ms 10] [--repeats 3] [--rounds 7]
@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 
 import backbones
 from bench.results import hardware
-from tasks.profile import compare_latency
+from bench.measure import compare_latency
 
 
 def spin(busy_s: float, period_s: float) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import operators.ddf as ddf_module
-from bench.profile import measure_latency, saved_activation_bytes
+from bench.measure import measure_latency, saved_activation_bytes
 from bench.results import hardware
 from operators import create_op
 

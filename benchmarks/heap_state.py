@@ -5,7 +5,7 @@ taken by another process did not reproduce it (benchmarks/background_load.py). T
 the other candidate, the process's own memory: each fresh process times both networks interleaved,
 then allocates and frees ``--churn-mb`` of tensors (as building and dropping a few models does), then
 times them again. ``--hash-seed`` fixes PYTHONHASHSEED in every process (Python's allocations, and so
-the heap's layout, then start alike). Every process runs under `bench.profile.retain_freed_memory`,
+the heap's layout, then start alike). Every process runs under `bench.measure.retain_freed_memory`,
 as `bench profile` does.
 
 Usage: python benchmarks/heap_state.py [--churn-mb 200] [--repeats 4] [--rounds 3] [--hash-seed N]
@@ -30,7 +30,7 @@ def child(churn_mb: int, rounds: int) -> dict[str, dict[str, list[float]]]:
     import torch
 
     import backbones
-    from bench.profile import interleaved_latency
+    from bench.measure import interleaved_latency
 
     models = {op: timm.create_model(backbones.model_name("resnet50"), op=op).eval()
               .to(memory_format=torch.channels_last) for op in ("conv", "octconv")}

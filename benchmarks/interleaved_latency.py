@@ -22,7 +22,7 @@ import timm
 import torch
 
 import backbones
-from bench.profile import compile_for_inference, interleaved_latency
+from bench.measure import compile_for_inference, interleaved_latency
 from bench.results import hardware
 from operators import OperatorError, list_ops
 

@@ -1,4 +1,4 @@
-"""CPU latency with glibc's default malloc vs `bench.profile.retain_freed_memory`, A/B in alternating processes.
+"""CPU latency with glibc's default malloc vs `bench.measure.retain_freed_memory`, A/B in alternating processes.
 
 The policy is process-wide and glibc's default cannot be restored once changed, so each measurement
 runs in a fresh child process; the arms alternate, and medians over repeats are reported.
@@ -21,13 +21,13 @@ ARMS = ("default", "retained")
 def child(arm: str, ops: list[str], batches: list[int]) -> dict[str, float]:
     """Median forward latency (ms) per ``op@batch`` of ResNet-50 in this process, under ``arm``'s policy.
 
-    Times with its own loop: `bench.profile.measure_latency` would switch the retaining policy on.
+    Times with its own loop: `bench.measure.measure_latency` would switch the retaining policy on.
     """
     import timm
     import torch
 
     import backbones
-    from bench.profile import retain_freed_memory
+    from bench.measure import retain_freed_memory
 
     if arm == "retained":
         retain_freed_memory()

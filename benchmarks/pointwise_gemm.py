@@ -24,7 +24,7 @@ import torch
 import backbones
 import operators.conv as conv_module
 from operators.conv import Pointwise
-from bench.profile import interleaved_latency, measure_latency
+from bench.measure import interleaved_latency, measure_latency
 from bench.results import hardware
 
 NETWORKS = [("op_resnet50", {"op": "conv"}), ("op_resnet50", {"op": "octconv"}), ("op_mobilenetv2", {}),

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 import backbones
-from bench.profile import interleaved_latency
+from bench.measure import interleaved_latency
 from bench.results import hardware
 
 MODES = ("stock", "prepacked")

@@ -216,15 +216,3 @@ def mac_formula(module: nn.Module) -> MacFormula | None:
         return info.macs
     own = getattr(module, "macs", None)
     return (lambda m, *args: own(*args)) if callable(own) else None
-
-
-
-def example_input(module: nn.Module, batch: int, channels: int, size: int,
-                  generator: torch.Generator | None = None) -> Tensor | tuple[Tensor | None, ...]:
-    """A random input in the layout ``module`` expects: one tensor, or one per scale for multi-scale
-    operators (``module.in_scales``: channels per scale, 0 = absent; scale i at ceil(size / 2^i))."""
-    scales = getattr(module, "in_scales", None)
-    if scales is not None and len(scales) > 1:
-        return tuple(torch.randn(batch, c, -(-size // 2**i), -(-size // 2**i), generator=generator) if c else None
-                     for i, c in enumerate(scales))
-    return torch.randn(batch, channels, size, size, generator=generator)

@@ -125,7 +125,7 @@ class ClassificationModule(L.LightningModule):
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Train, test and profile; returns metrics, efficiency and the batch plan."""
     from backbones import model_name
-    from tasks.profile import profile_model
+    from bench.measure import profile_model
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan

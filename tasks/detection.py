@@ -217,7 +217,7 @@ class FeatureExtractor(nn.Module):
 @register_task("detection")
 def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     """Train, test (COCO mAP) and profile backbone + FPN; returns metrics, efficiency and the mmdet config."""
-    from tasks.profile import profile_model
+    from bench.measure import profile_model
 
     require_mmdet()
     kind = detector_name(cfg)  # a mistake is reported before any data is generated

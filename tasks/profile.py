@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from timm.data import resolve_data_config
 
 from bench.config import ConfigError
-from bench.profile import Profile, compile_for_inference, interleaved_latency, map_tensors, profile_module
+from bench.measure import Profile, compare_latency, example_input, profile_model, profile_module, to_layout
 from bench.results import hardware
-from operators.registry import OperatorError, create_op, create_upsampler, example_input, op_info
+from operators.registry import OperatorError, create_op, create_upsampler, op_info
 from tasks import register_task
 
 OPERATOR_SIZE = 28
@@ -57,62 +57,6 @@ def build_backbone(cfg: DictConfig, op: str | None = None) -> tuple[torch.nn.Mod
     model = timm.create_model(model_name(cfg.backbone), op=op or cfg.op, op_kwargs=kwargs)
     size = cfg.task.size or resolve_data_config({}, model=model)["input_size"][-1]
     return model, size
-
-
-def _layout(model: torch.nn.Module, x: Any, channels_last: bool) -> tuple[torch.nn.Module, Any]:
-    if not channels_last:
-        return model, x
-    return (model.to(memory_format=torch.channels_last),
-            map_tensors(lambda t: t.contiguous(memory_format=torch.channels_last), x))
-
-
-def profile_model(model: torch.nn.Module, size: int, batch: int, *, device: torch.device | str = "cpu",
-                  warmup: int = 5, iters: int = 30, train: bool = True, channels_last: bool = True,
-                  compile: bool = False) -> dict[str, Any]:
-    """Efficiency of an image model at ``size``: batch-1 latency, throughput and train step at ``batch``.
-
-    ``compile=True`` times the torch.compile'd model (compiled once per input shape) and no train step.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model, one = _layout(model, torch.randn(1, 3, size, size), channels_last)
-    _, many = _layout(model, torch.randn(batch, 3, size, size), channels_last)
-    single = profile_module(model, [one], device=device, warmup=warmup, iters=iters, train=False, compile=compile)
-    batched = profile_module(model, [many], device=device, warmup=warmup, iters=max(3, iters // 3), train=train,
-                             compile=compile)
-    model.train(was_training)
-    return {
-        "params": single.params, "macs": single.macs, "input_shape": [3, size, size],
-        "latency_ms": {"median": single.latency_ms, "iqr": single.latency_iqr_ms, "batch": 1},
-        "throughput_per_s": batched.throughput_per_s, "throughput_batch": batch,
-        "train_step_ms": batched.train_step_ms, "saved_activation_mb": batched.saved_activation_mb,
-        "peak_mem_mb": batched.peak_memory_mb, "channels_last": channels_last, "compiled": compile,
-        "compile_s": single.compile_s + batched.compile_s if compile else None,
-    }
-
-
-def compare_latency(model: torch.nn.Module, reference: torch.nn.Module, size: int, batch: int, *,
-                    device: torch.device, rounds: int, iters: int, channels_last: bool = True,
-                    compile: bool = False) -> dict[str, float]:
-    """Inference latency of ``model`` over ``reference``'s at batch 1 and ``batch``, timed interleaved.
-
-    Every round times both back to back (`interleaved_latency`); a ratio is the median over rounds of
-    that round's ratio, so load that drifts while measuring cancels out. ``compile=True`` compares the
-    two compiled models.
-    """
-    nets = {key: net.to(device).eval() for key, net in (("model", model), ("reference", reference))}
-    ratios = {}
-    with torch.inference_mode():
-        for n in dict.fromkeys((1, batch)):
-            fns = {}
-            for key, net in nets.items():
-                net, x = _layout(net, torch.randn(n, 3, size, size, device=device), channels_last)
-                forward = compile_for_inference(net, [x])[0] if compile else net
-                fns[key] = lambda forward=forward, x=x: forward(x)
-            per_round = max(1, iters // 4 if n == 1 else iters // 15)
-            samples = interleaved_latency(fns, device, rounds=rounds, iters=per_round)
-            ratios[f"batch_{n}"] = statistics.median(m / r for m, r in zip(samples["model"], samples["reference"]))
-    return ratios
 
 
 def _build_baseline(cfg: DictConfig) -> torch.nn.Module:
@@ -197,7 +141,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
                                          "processes": t.baseline_processes, **ratios}
         return {"efficiency": efficiency, "op_metadata": model.op_metadata, "hardware": hardware(t.device)}
     module, x = build_operator(cfg)
-    module, x = _layout(module, x, t.channels_last)
+    module, x = to_layout(module, x, t.channels_last)
     prof: Profile = profile_module(module, [x], device=device, warmup=t.warmup, iters=t.iters, train=t.train,
                                    compile=t.compile)
     efficiency = {**prof.to_dict(), "latency_ms": {"median": prof.latency_ms, "iqr": prof.latency_iqr_ms,

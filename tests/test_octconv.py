@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.profile import counter_macs
+from bench.measure import counter_macs
 from operators import OperatorError, create_op
 
 

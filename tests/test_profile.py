@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.profile import (COMPILED_VARIANTS, compile_for_inference, count_macs, count_params, counter_macs,
+from bench.measure import (COMPILED_VARIANTS, compile_for_inference, count_macs, count_params, counter_macs,
                            interleaved_latency, malloc_policy, measure_latency, profile_module, retain_freed_memory,
                            saved_activation_bytes)
 from bench.results import hardware
 from operators import create_op, create_upsampler, register_op
-from tasks.profile import compare_latency
+from bench.measure import compare_latency
 
 
 def test_counter_and_formula_agree_on_plain_layers() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.profile import count_macs
+from bench.measure import count_macs
 from operators import OperatorError, create_op, create_upsampler
 from operators.carafe import reassemble
 

@@ -1,4 +1,7 @@
-"""Cost of a model or operator: parameters, MACs, latency and activation memory.
+"""Cost of a model or operator: parameters, MACs, latency and activation memory (the measurement library).
+
+Every task that reports efficiency measures through here: `profile_model` for an image model,
+`compare_latency` for two networks timed interleaved, `example_input` for an operator's input.
 
 MACs come from torch's FLOP counter for ordinary layers, with every registered operator's subtree
 replaced by that operator's own formula: generic counters miss unfold, elementwise and custom
@@ -285,3 +288,71 @@ def profile_module(
         throughput_per_s=batch / infer["median_ms"] * 1e3, train_step_ms=step_ms,
         saved_activation_mb=saved / 2**20, peak_memory_mb=peak, compile_s=compile_s,
     )
+
+
+def example_input(module: nn.Module, batch: int, channels: int, size: int,
+                  generator: torch.Generator | None = None) -> Tensor | tuple[Tensor | None, ...]:
+    """A random input in the layout ``module`` expects: one tensor, or one per scale for multi-scale
+    operators (``module.in_scales``: channels per scale, 0 = absent; scale i at ceil(size / 2^i))."""
+    scales = getattr(module, "in_scales", None)
+    if scales is not None and len(scales) > 1:
+        return tuple(torch.randn(batch, c, -(-size // 2**i), -(-size // 2**i), generator=generator) if c else None
+                     for i, c in enumerate(scales))
+    return torch.randn(batch, channels, size, size, generator=generator)
+
+
+def to_layout(model: nn.Module, x: Any, channels_last: bool) -> tuple[nn.Module, Any]:
+    """``model`` and its input(s) in channels-last memory format when ``channels_last``, else unchanged."""
+    if not channels_last:
+        return model, x
+    return (model.to(memory_format=torch.channels_last),
+            map_tensors(lambda t: t.contiguous(memory_format=torch.channels_last), x))
+
+
+def profile_model(model: nn.Module, size: int, batch: int, *, device: torch.device | str = "cpu",
+                  warmup: int = 5, iters: int = 30, train: bool = True, channels_last: bool = True,
+                  compile: bool = False) -> dict[str, Any]:
+    """Efficiency of an image model at ``size``: batch-1 latency, throughput and train step at ``batch``.
+
+    ``compile=True`` times the torch.compile'd model (compiled once per input shape) and no train step.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model, one = to_layout(model, torch.randn(1, 3, size, size), channels_last)
+    _, many = to_layout(model, torch.randn(batch, 3, size, size), channels_last)
+    single = profile_module(model, [one], device=device, warmup=warmup, iters=iters, train=False, compile=compile)
+    batched = profile_module(model, [many], device=device, warmup=warmup, iters=max(3, iters // 3), train=train,
+                             compile=compile)
+    model.train(was_training)
+    return {
+        "params": single.params, "macs": single.macs, "input_shape": [3, size, size],
+        "latency_ms": {"median": single.latency_ms, "iqr": single.latency_iqr_ms, "batch": 1},
+        "throughput_per_s": batched.throughput_per_s, "throughput_batch": batch,
+        "train_step_ms": batched.train_step_ms, "saved_activation_mb": batched.saved_activation_mb,
+        "peak_mem_mb": batched.peak_memory_mb, "channels_last": channels_last, "compiled": compile,
+        "compile_s": single.compile_s + batched.compile_s if compile else None,
+    }
+
+
+def compare_latency(model: nn.Module, reference: nn.Module, size: int, batch: int, *,
+                    device: torch.device, rounds: int, iters: int, channels_last: bool = True,
+                    compile: bool = False) -> dict[str, float]:
+    """Inference latency of ``model`` over ``reference``'s at batch 1 and ``batch``, timed interleaved.
+
+    Every round times both back to back (`interleaved_latency`); a ratio is the median over rounds of
+    that round's ratio, so load that drifts while measuring cancels out. ``compile=True`` compares the
+    two compiled models.
+    """
+    nets = {key: net.to(device).eval() for key, net in (("model", model), ("reference", reference))}
+    ratios = {}
+    with torch.inference_mode():
+        for n in dict.fromkeys((1, batch)):
+            fns = {}
+            for key, net in nets.items():
+                net, x = to_layout(net, torch.randn(n, 3, size, size, device=device), channels_last)
+                forward = compile_for_inference(net, [x])[0] if compile else net
+                fns[key] = lambda forward=forward, x=x: forward(x)
+            per_round = max(1, iters // 4 if n == 1 else iters // 15)
+            samples = interleaved_latency(fns, device, rounds=rounds, iters=per_round)
+            ratios[f"batch_{n}"] = statistics.median(m / r for m, r in zip(samples["model"], samples["reference"]))
+    return ratios
