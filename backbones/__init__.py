@@ -9,7 +9,8 @@ import functools
 import timm
 
 from backbones import csnet, mobilenetv2, resnet, shufflenetv2, xception_a  # noqa: F401  registers the models  isort: skip
-from operators.registry import OperatorError, unknown_name_message
+from bench.errors import unknown_name_message
+from operators.registry import OperatorError
 
 
 @functools.cache

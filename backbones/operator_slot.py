@@ -1,4 +1,9 @@
-"""How a backbone puts an operator into one of its spatial-conv slots, the same way in every family.
+"""How a network puts an operator into one of its slots, the same way in every family.
+
+Conv slots (`SlotFiller`): the spatial convs of a backbone take any conv-kind operator. Upsample slots
+(`UpsampleSlots`): the learned-feature upsamplings of a decoder, neck or fusion head take any
+upsample-kind operator; a slot that offers a guide (an image or a lateral feature) passes it to
+operators that take one, and the others run unguided in the same slot.
 
 A slot asks for (in_channels, out_channels, kernel_size, stride). The operator fills it directly if
 it declares what the slot needs. A strided slot whose operator cannot stride becomes 2x2 average
@@ -15,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from operators.registry import OperatorError, create_op, op_info
+from operators.registry import OperatorError, create_op, create_upsampler, op_info
 
 
 class PoolThenOp(nn.Module):
@@ -81,3 +86,53 @@ class SlotFiller:
 def operator_module_ids(model: nn.Module) -> set[int]:
     """ids of every module inside a registered operator instance, which keeps its paper's own initialisation."""
     return {id(sub) for m in model.modules() if getattr(m, "bench_op", None) is not None for sub in m.modules()}
+
+
+class Unguided(nn.Module):
+    """An upsampler that takes no guide, in a slot that offers one: the guide is dropped."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: Tensor, guide: Tensor | None = None) -> Tensor:
+        return self.op(x)
+
+
+@dataclass
+class UpsampleSlots:
+    """Builds the upsample slots of one network (every slot is called ``slot(x, guide=None)``) and records them."""
+
+    upsampler: str
+    upsampler_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    network: str = "network"
+    filled: list[str] = field(default_factory=list)
+    unguided: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.info = op_info(self.upsampler)
+        if self.info.kind != "upsample":
+            raise OperatorError(f"{self.network}: operator {self.upsampler!r} is {self.info.kind}-kind; upsample "
+                                "slots take upsample-kind operators (`bench list ops`)")
+
+    def __call__(self, slot: str, channels: int, scale_factor: int = 2, guide_channels: int | None = None
+                 ) -> nn.Module:
+        """The module for one slot: ``channels`` in and out, ``scale_factor`` x larger, guided where it can be."""
+        guided = guide_channels is not None and self.info.guide
+        try:
+            op = create_upsampler(self.upsampler, channels, scale_factor,
+                                  guide_channels=guide_channels if guided else None, **self.upsampler_kwargs)
+        except OperatorError as err:
+            raise OperatorError(f"{self.network}: upsample slot {slot} ({channels} channels, x{scale_factor}): "
+                                f"{err}") from None
+        self.filled.append(slot)
+        if guide_channels is not None and not guided:
+            self.unguided.append(slot)
+            return Unguided(op)
+        return op
+
+    def metadata(self) -> dict[str, Any]:
+        """What was put where, for result records."""
+        return {"upsampler": self.upsampler, "upsampler_kwargs": dict(self.upsampler_kwargs),
+                "upsampler_source": self.info.source, "upsample_slots": list(self.filled),
+                "unguided_slots": list(self.unguided)}

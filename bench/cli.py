@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.config import ConfigError, compose, config_groups, expand_all_ops, expand_sweeps, task_options
+from bench.config import compose, config_groups, expand_all_ops, expand_sweeps
+from bench.errors import ConfigError
 from operators.registry import OperatorError
 
 console = Console()
@@ -149,30 +150,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         console.print(table)
         return 0
     if args.what == "tasks":
-        from tasks import list_tasks
-
-        names = list_tasks()
-    elif args.what == "backbones":
+        _print_tasks()
+        return 0
+    if args.what == "recipes":
+        _print_recipes()
+        return 0
+    if args.what == "backbones":
         from backbones import list_backbones
 
         names = list_backbones()
-    elif args.what == "recipes":
-        table = Table(title="recipes")
-        for column in ("task", "name", "global batch", "epochs", "optimizer, lr", "schedule", "precision", "source"):
-            table.add_column(column)
-        groups = config_groups()
-        for task in ("classification", "detection"):
-            for name in task_options(groups, "recipe", task):
-                r = compose("run", [f"task={task}", f"recipe={name}"]).recipe
-                schedule = r.get("schedule") or f"steps at {list(r.milestones)}"
-                table.add_row(task, name, str(r.global_batch), str(r.epochs), f"{r.optimizer} {r.lr} @ {r.base_batch}",
-                              schedule, r.precision, r.source)
-        console.print(table)
-        return 0
     elif args.what == "data":
-        groups = config_groups()
-        names = [f"{name} (task={task})" for task in ("classification", "detection")
-                 for name in task_options(groups, "data", task)]
+        from bench.tasks import get_task, list_tasks
+
+        names = [f"{name} (task={task})" for task in list_tasks() for name in get_task(task).options("data")]
     else:
         names = config_groups().get(args.what, [])
     for name in names:
@@ -180,6 +170,41 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not names:
         console.print(f"(no {args.what} available yet)")
     return 0
+
+
+def _print_tasks() -> None:
+    """Every task with its metrics (direction, unit), primary metric, own keys, baseline and source."""
+    from bench.schema import task_keys
+    from bench.tasks import get_task, list_tasks
+
+    table = Table(title="tasks")
+    for column in ("name", "what", "metrics (primary first)", "own keys", "leaderboard baseline", "source"):
+        table.add_column(column)
+    for name in list_tasks():
+        spec = get_task(name)
+        ordered = sorted(spec.metrics, key=lambda m: m.name != spec.primary)
+        metrics = ", ".join(f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in ordered)
+        baseline = ", ".join(f"{k}={v}" for k, v in spec.baseline.items())
+        table.add_row(name, spec.description, metrics, ", ".join(task_keys(spec)) or "-", baseline, spec.source)
+    console.print(table)
+    console.print("↑ higher is better, ↓ lower is better; own keys: top-level keys only that task accepts",
+                  highlight=False)
+
+
+def _print_recipes() -> None:
+    """Every task's recipes: batch, epochs, optimizer, schedule, precision, where the protocol comes from."""
+    from bench.tasks import get_task, list_tasks
+
+    table = Table(title="recipes")
+    for column in ("task", "name", "global batch", "epochs", "optimizer, lr", "schedule", "precision", "source"):
+        table.add_column(column)
+    for task in list_tasks():
+        for name in get_task(task).options("recipe"):
+            r = compose("run", [f"task={task}", f"recipe={name}"]).recipe
+            schedule = f"{r.schedule} at {list(r.milestones)}" if r.schedule == "multistep" else r.schedule
+            table.add_row(task, name, str(r.global_batch), str(r.epochs), f"{r.optimizer} {r.lr} @ {r.base_batch}",
+                          schedule, r.precision, r.source)
+    console.print(table)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

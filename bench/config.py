@@ -18,51 +18,29 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bench.errors import ConfigError, unknown_name_message
 from bench.recipes import OPTIMIZERS
-from bench.schema import register_schemas
-from operators.registry import OperatorError, list_ops, unknown_name_message
+from bench.schema import register_schemas, task_keys
+from bench.tasks import TaskSpec, get_task, list_tasks
+from operators.registry import OperatorError, list_ops
 
 CONFIG_MODULE = "bench.conf"
 OPEN_KEYS = ("op_kwargs", "upsampler_kwargs")
 """Dict keys whose sub-keys are free (operator arguments): ``op_kwargs.x=1`` adds ``x``."""
-DETECTION_KEYS = ("upsampler", "detector")
-"""Top-level keys that only the detection task reads; other tasks refuse them rather than ignore them."""
-TASK_SCOPED = ("data", "recipe")
-"""Groups whose options can be task-specific: ``recipe/detection_quick.yaml`` is ``recipe=quick`` for detection."""
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, explained for a person."""
+DEFAULT_TASK = "profile"
+"""The task of `bench run` without ``task=``."""
+TASK_GROUPS = ("task", "data", "recipe")
+"""Groups whose options come from the task's own config folder (`TaskSpec.config_dir`), not from bench/conf."""
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Option names of each config group shipped in ``bench/conf`` (schemas excluded)."""
+    """Option names of each config group shipped in ``bench/conf`` (the task-independent ones)."""
     root = resources.files(CONFIG_MODULE)
     groups: dict[str, list[str]] = {}
     for entry in root.iterdir():
         if entry.is_dir() and not entry.name.startswith("_"):
             groups[entry.name] = sorted(f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml"))
     return groups
-
-
-def task_options(groups: dict[str, list[str]], group: str, task: str) -> dict[str, str]:
-    """Option names of ``group`` as ``task`` sees them, mapped to their files.
-
-    A task with its own ``<task>_<name>.yaml`` files in the group uses only those (by ``<name>``);
-    every other task uses the unprefixed files.
-    """
-    files = groups.get(group, [])
-    own = {f[len(task) + 1:]: f for f in files if f.startswith(f"{task}_")}
-    if own:
-        return own
-    prefixes = tuple(f"{t}_" for t in groups.get("task", []))
-    return {f: f for f in files if not f.startswith(prefixes)}
-
-
-def _default_choices(config_name: str) -> dict[str, str]:
-    """The group choices of the primary config's defaults list (``task: profile`` ...)."""
-    primary = OmegaConf.load(str(resources.files(CONFIG_MODULE) / f"{config_name}.yaml"))
-    return {k: str(v) for entry in primary.get("defaults", []) if isinstance(entry, DictConfig) for k, v in entry.items()}
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:
@@ -85,10 +63,12 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
-def _base_config(config_name: str, group_overrides: list[str]) -> DictConfig:
-    register_schemas()
+def _hydra_compose(config_name: str, spec: TaskSpec, lines: list[str]) -> DictConfig:
+    """Hydra's compose of ``config_name`` with ``spec``'s config folder on the search path."""
+    register_schemas(spec)
+    search = [f"hydra.searchpath=[file://{spec.config_dir.resolve().as_posix()}]"] if spec.config_dir else []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=group_overrides)
+        return hydra_compose(config_name=config_name, overrides=[*search, *lines])
 
 
 def _check_key(cfg: DictConfig, key: str) -> None:
@@ -114,6 +94,31 @@ def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def _task_groups(spec: TaskSpec, choices: dict[str, str]) -> list[str]:
+    """``+task=...``, ``+data=...``, ``+recipe=...`` for ``spec``, each choice checked against its configs."""
+    lines = [f"+task={spec.name}"]
+    for group, schema in (("data", spec.data_schema), ("recipe", spec.recipe_schema)):
+        options = spec.options(group)
+        if schema is None or not options:
+            if group in choices:
+                raise ConfigError(f"{group}={choices[group]}: task={spec.name} takes no {group} config; drop it.")
+            continue
+        choice = choices.get(group, spec.defaults.get(group, options[0]))
+        if choice not in options:
+            raise ConfigError(unknown_name_message(f"{group} config for task={spec.name}", choice, options))
+        lines.append(f"+{group}={choice}")
+    return lines
+
+
+def _foreign_key(spec: TaskSpec, key: str) -> str | None:
+    """Why ``key`` is refused if another task declares it as its own top-level key, else None."""
+    owners = [name for name in list_tasks() if name != spec.name and key in task_keys(get_task(name))]
+    if not owners:
+        return None
+    return (f"{key} only applies to {', '.join(f'task={o}' for o in owners)} (this is task={spec.name}); "
+            "drop it.")
+
+
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose ``config_name`` with ``overrides`` (no sweeps), validating groups, keys, types and ``op``."""
     parsed = parse_overrides(overrides)
@@ -121,54 +126,47 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     if sweeps:
         raise ConfigError(f"{' '.join(sweeps)} is a sweep; add -m (multirun) to run every combination.")
     groups = config_groups()
-    choices = _default_choices(config_name)
+    choices = {"task": DEFAULT_TASK}
     group_lines, value_lines = [], []
     for o in parsed:
         key = o.get_key_element()
-        if key in groups:
-            value = o.value()
-            if key not in TASK_SCOPED and value not in groups[key]:
-                raise ConfigError(unknown_name_message(f"{key} config", str(value), groups[key]))
-            choices[key] = str(value)
-            if key not in TASK_SCOPED:
-                group_lines.append(o.input_line)
+        if key in TASK_GROUPS:
+            choices[key] = str(o.value())
+        elif key in groups:
+            if o.value() not in groups[key]:
+                raise ConfigError(unknown_name_message(f"{key} config", str(o.value()), groups[key]))
+            group_lines.append(o.input_line)
         else:
             value_lines.append(o)
-    task = choices.get("task", "")
-    for key in TASK_SCOPED:
-        options = task_options(groups, key, task)
-        if choices.get(key) not in options:
-            raise ConfigError(unknown_name_message(f"{key} config for task={task}", str(choices.get(key)),
-                                                   list(options)))
-        group_lines.append(f"{key}={options[choices[key]]}")
+    spec = get_task(choices["task"])
+    group_lines += _task_groups(spec, choices)
     try:
-        base = _base_config(config_name, group_lines)
+        base = _hydra_compose(config_name, spec, group_lines)
         lines = []
         for o in value_lines:
             key = o.get_key_element()
-            if key.split(".")[0] in OPEN_KEYS and not o.is_add() and "." in key:
+            if key.split(".")[0] in OPEN_KEYS and not o.is_add() and "." in key and key.split(".")[0] in base:
                 lines.append("++" + o.input_line)  # operator kwargs: add or replace freely
                 continue
             if not (o.is_add() or o.is_force_add() or o.is_delete()):
+                if key.split(".")[0] not in base and (why := _foreign_key(spec, key.split(".")[0])):
+                    raise ConfigError(f"{o.input_line.lstrip('+~')}: {why}")
                 _check_key(base, key)
             lines.append(o.input_line)
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=group_lines + lines)
+        cfg = _hydra_compose(config_name, spec, group_lines + lines)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err)) from None
-    if "op" in cfg and cfg.op not in (available := list_ops()):
+    _validate(cfg, spec)
+    return cfg
+
+
+def _validate(cfg: DictConfig, spec: TaskSpec) -> None:
+    """Checks every task shares (operator, upsampler, optimizer, backbone), then the task's own."""
+    if cfg.op not in (available := list_ops()):
         raise ConfigError(unknown_name_message("operator", str(cfg.op), available))
-    for key in DETECTION_KEYS:
-        if cfg.get(key) and task != "detection":
-            raise ConfigError(f"{key}={cfg.get(key)} only applies to task=detection (this is task={task}); drop it.")
     if cfg.get("recipe") and cfg.recipe.optimizer not in OPTIMIZERS:
         raise ConfigError(unknown_name_message("optimizer (recipe.optimizer)", str(cfg.recipe.optimizer),
                                                list(OPTIMIZERS)))
-    if (threads := cfg.get("task", {}).get("threads")) is not None and threads < 1:
-        raise ConfigError(f"task.threads={threads}: give a positive number of CPU threads, or leave it unset "
-                          "for torch's default (one per core).")
-    if (baseline := cfg.get("task", {}).get("baseline")) is not None:
-        _check_baseline(cfg, str(baseline))
     if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
         raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):
@@ -178,21 +176,8 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
             model_name(cfg.backbone)
         except OperatorError as err:
             raise ConfigError(str(err)) from None
-    return cfg
-
-
-def _check_baseline(cfg: DictConfig, baseline: str) -> None:
-    """``task.baseline`` compares whole networks: it needs a backbone, a conv-kind operator, a round and a process."""
-    if not cfg.get("backbone"):
-        raise ConfigError(f"task.baseline={baseline} compares a backbone with two operators; name one "
-                          "(backbone=resnet50), or drop task.baseline to profile the bare operator.")
-    if baseline not in (conv_ops := list_ops("conv")):
-        raise ConfigError(unknown_name_message("baseline operator (task.baseline)", baseline, conv_ops))
-    if cfg.task.baseline_rounds < 1:
-        raise ConfigError(f"task.baseline_rounds={cfg.task.baseline_rounds}: give at least one round.")
-    if cfg.task.baseline_processes < 1:
-        raise ConfigError(f"task.baseline_processes={cfg.task.baseline_processes}: give at least one process "
-                          "(1 compares in this process).")
+    if spec.validate is not None:
+        spec.validate(cfg)
 
 
 def expand_all_ops(overrides: list[str]) -> tuple[list[str], bool]:

@@ -2,10 +2,11 @@
 
 Records are grouped by task and dataset, then by the hardware their latency was measured on (timings
 from different machines or precisions are never ranked together). One row per (backbone, operator,
-upsampler, recipe) aggregates its seeds: metrics as mean +/- std with the seed count. Rows are sorted by
-the task's primary metric and show the difference to the `conv` baseline of the same backbone and
-recipe. Runs that did not succeed are listed apart; files that are not valid records are reported by
-path with the reason and skipped. The same inputs always give byte-identical outputs.
+upsampler, recipe) aggregates its seeds: metrics as mean +/- std with the seed count. Everything
+task-specific comes from the task's `TaskSpec`: the metric columns (in its order, shown in its units),
+the primary metric and its direction (rows sorted best first, the Pareto front on the right side), and
+the baseline rule of the deltas. Runs that did not succeed are listed apart; files that are not valid
+records are reported by path with the reason and skipped. The same inputs always give byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -19,15 +20,46 @@ import re
 import shlex
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.results import RecordError, read_record
+from bench.tasks import Metric, find_task
 
-PRIMARY = {"classification": ("top1", True), "detection": ("mAP", True), "profile": ("latency_ms", False)}
-"""Primary metric of each task and whether higher is better (profile ranks by latency)."""
+KEY_FIELDS = {"op": 1, "upsampler": 2}
+"""Row-key positions of the record fields a baseline rule may replace."""
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the leaderboard reads of a task: its metrics in order, the primary one, the baseline rule."""
+
+    metrics: tuple[Metric, ...]
+    primary: Metric
+    baseline: Mapping[str, str]
+    model_keys: tuple[str, ...] = ()
+    cost_plots: bool = True
+
+    def metric(self, name: str) -> Metric:
+        """The declared metric ``name``, or a plain higher-is-better one for a figure the task did not declare."""
+        return next((m for m in self.metrics if m.name == name), Metric(name))
+
+    def columns(self, seen: set[str]) -> list[Metric]:
+        """The metric columns of a section: declared ones that appear, in the task's order, then the others."""
+        declared = [m for m in self.metrics if m.name in seen]
+        return declared + [Metric(name) for name in sorted(seen - {m.name for m in declared})]
+
+
+def task_view(task: str, records: Iterable[dict[str, Any]] = ()) -> TaskView:
+    """The view of ``task`` from its spec; a task that is not installed ranks by its first metric, higher first."""
+    spec = find_task(task)
+    if spec is not None:
+        return TaskView(spec.metrics, spec.primary_metric, spec.baseline, spec.model_keys, spec.cost_plots)
+    names = sorted({m for r in records for m in r.get("metrics", {})})
+    metrics = tuple(Metric(name) for name in names) or (Metric("-"),)
+    return TaskView(metrics, metrics[0], {"op": "conv"})
 
 
 @dataclass
@@ -41,8 +73,10 @@ class Row:
     def seeds(self) -> list[int]:
         return sorted(r["seed"] for _, r in self.records if r.get("seed") is not None)
 
-    def metric(self, name: str) -> tuple[float, float] | None:
-        values = [float(_figure(r, name)) for _, r in self.records if _figure(r, name) is not None]
+    def metric(self, name: str, floor: float | None = None) -> tuple[float, float] | None:
+        """Mean and std over seeds of figure ``name``; values below ``floor`` mean "not measured" and are left out."""
+        values = [float(v) for _, r in self.records if (v := _figure(r, name)) is not None
+                  and (floor is None or v >= floor)]
         if not values:
             return None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -54,8 +88,7 @@ class Row:
 
 def _figure(record: dict[str, Any], name: str) -> Any:
     if name in record.get("metrics", {}):
-        value = record["metrics"][name]
-        return None if value < 0 and name.startswith(("mAP", "mAR")) else value  # COCO's -1: no such objects
+        return record["metrics"][name]
     value = record.get("efficiency", {}).get(name)
     return value.get("median") if isinstance(value, dict) else value
 
@@ -113,19 +146,18 @@ def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[R
     recipes = _recipe_labels(succeeded)
     for path, record in succeeded:
         section = (record["task"], record.get("data") or "-", _hardware(record))
-        model = record.get("backbone") or "-"
-        if record.get("detector"):  # RetinaNet and Faster R-CNN rows are never averaged together
-            model = f"{record['detector']} {model}"
+        names = [str(record[k]) for k in task_view(record["task"]).model_keys if record.get(k)]
+        model = " ".join([*names, record.get("backbone") or "-"])  # e.g. RetinaNet and Faster R-CNN never mix
         key = (model, _with_kwargs(record.get("op"), record.get("op_kwargs")),
                _with_kwargs(record.get("upsampler"), record["config"].get("upsampler_kwargs")), recipes[path])
         tables[section].setdefault(key, Row(key)).records.append((path, record))
     out = {}
     for section, rows in sorted(tables.items()):
-        name, higher = PRIMARY.get(section[0], ("top1", True))
+        primary = task_view(section[0], (r for row in rows.values() for _, r in row.records)).primary
 
-        def order(row: Row) -> tuple:
-            value = row.metric(name)
-            score = float("-inf") if value is None else (value[0] if higher else -value[0])
+        def order(row: Row, primary: Metric = primary) -> tuple:
+            value = row.metric(primary.name, primary.floor)
+            score = float("-inf") if value is None else (value[0] if primary.higher_is_better else -value[0])
             return (-score, row.key)
 
         out[section] = sorted(rows.values(), key=order)
@@ -139,24 +171,33 @@ def _fmt(value: tuple[float, float] | None, n: int, scale: float = 1.0, digits: 
     return f"{mean * scale:.{digits}f} +/- {std * scale:.{digits}f} (n={n})" if n > 1 else f"{mean * scale:.{digits}f}"
 
 
-def _percent(metric: str) -> float:
-    """Accuracies and COCO APs/ARs are shown in %."""
-    return 100.0 if metric.startswith(("top", "val_top", "mAP", "mAR")) else 1.0
+def section_view(section: tuple[str, str, str], rows: list[Row]) -> TaskView:
+    """The task view of a leaderboard section (its task's spec, or what its records show)."""
+    return task_view(section[0], (r for row in rows for _, r in row.records))
 
 
-def _baseline(rows: list[Row], row: Row) -> Row | None:
-    """The stock model of the row's backbone and recipe: the conv operator (and nearest, where there is an upsampler)."""
-    upsampler = "-" if row.key[2] == "-" else "nearest"
-    return next((r for r in rows if (r.key[0], r.key[1], r.key[2], r.key[3]) ==
-                 (row.key[0], "conv", upsampler, row.key[3])), None)
+def ranking(view: TaskView) -> str:
+    """One line saying how a section is ranked and what its deltas compare against."""
+    primary, baseline = view.primary, ", ".join(f"{k}={v}" for k, v in view.baseline.items())
+    return f"Ranked by {primary.label}, {primary.direction}; deltas against the same row with {baseline}."
 
 
-def _delta(rows: list[Row], row: Row, name: str, scale: float) -> str:
-    base = _baseline(rows, row)
-    mine, theirs = row.metric(name), base.metric(name) if base else None
+def _baseline(view: TaskView, rows: list[Row], row: Row) -> Row | None:
+    """The row's configuration with the task's baseline fields (``op=conv``, its stock upsampler) in place."""
+    key = list(row.key)
+    for name, value in view.baseline.items():
+        if name in KEY_FIELDS and key[KEY_FIELDS[name]] != "-":
+            key[KEY_FIELDS[name]] = value
+    return next((r for r in rows if r.key == tuple(key)), None)
+
+
+def _delta(view: TaskView, rows: list[Row], row: Row) -> str:
+    base, primary = _baseline(view, rows, row), view.primary
+    mine = row.metric(primary.name, primary.floor)
+    theirs = base.metric(primary.name, primary.floor) if base else None
     if base is None or base is row or mine is None or theirs is None:
         return "-"
-    return f"{(mine[0] - theirs[0]) * scale:+.2f}"
+    return f"{(mine[0] - theirs[0]) * primary.scale:+.2f}"
 
 
 def _command(row: Row) -> str:
@@ -171,21 +212,25 @@ def _command(row: Row) -> str:
 def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) -> tuple[list[str], list[list[Any]]]:
     """Header and cells of one section, shared by the renderers: the last two cells of a row are the
     result paths (relative to ``link_root``) and the reproduction command, which each renderer formats."""
-    name, _ = PRIMARY.get(section[0], ("top1", True))
-    scale = _percent(name)
-    metrics = sorted({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
-    ratios = section[0] == "profile"
-    header = ["backbone", "op", "upsampler", "recipe", *metrics, f"delta {name} vs conv", "params (M)", "GMACs",
+    view = section_view(section, rows)
+    metrics = view.columns({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
+    ratios = any(r.get("efficiency", {}).get("vs_baseline") for row in rows for _, r in row.records)
+    baseline = "+".join(view.baseline.values())
+    header = ["backbone", "op", "upsampler", "recipe", *(m.label for m in metrics),
+              f"delta {view.primary.name} vs {baseline}", "params (M)", "GMACs",
+              *(["Pareto front (GMACs)"] if view.cost_plots else []),
               "latency (ms)", *(["latency vs baseline (interleaved)"] if ratios else []), "throughput (/s)", "seeds",
               "results", "reproduce"]
+    front = {rows[i].key for i in front_rows(view, rows, "GMACs")} if view.cost_plots else set()
     cells = []
     for row in rows:
         n = len(row.records)
         params, macs = row.efficiency("params"), row.efficiency("macs")
         throughput = row.efficiency("throughput_per_s")
-        cells.append([*row.key, *(_fmt(row.metric(m), n, _percent(m)) for m in metrics),
-                      _delta(rows, row, name, scale),
+        cells.append([*row.key, *(_fmt(row.metric(m.name, m.floor), n, m.scale) for m in metrics),
+                      _delta(view, rows, row),
                       f"{params / 1e6:.2f}" if params else "-", f"{macs / 1e9:.3f}" if macs else "-",
+                      *(["yes" if row.key in front else ""] if view.cost_plots else []),
                       _fmt(row.metric("latency_ms"), n), *([_vs_baseline(row)] if ratios else []),
                       f"{throughput:.1f}" if throughput else "-",
                       ",".join(map(str, row.seeds)) or "-", [_rel(p, link_root) for p, _ in row.records],
@@ -207,12 +252,12 @@ def _vs_baseline(row: Row) -> str:
 def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tuple[Path, str]],
                     link_root: Path) -> str:
     lines = ["# Leaderboards", "", "Generated by `bench leaderboard` from the result records; do not edit by hand.",
-             "Metrics are mean +/- std over seeds (top-1/top-5/mAP in %). Latencies are only comparable within "
+             "Metrics are mean +/- std over seeds, in the units of their column. Latencies are only comparable within "
              "a hardware section.", ""]
     for section, rows in tables.items():
         task, data, hardware = section
         header, cells = table_rows(section, rows, link_root)
-        lines += [f"## {task} on {data}", "", f"Hardware: {hardware}", "",
+        lines += [f"## {task} on {data}", "", f"Hardware: {hardware}", "", ranking(section_view(section, rows)), "",
                   "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for *values, paths, command in cells:
             links = " ".join(f"[{i + 1}]({p})" for i, p in enumerate(paths))
@@ -262,42 +307,107 @@ def _pareto(points: list[tuple[float, float]], higher: bool) -> list[int]:
     return best
 
 
-def plot_svg(section: tuple[str, str, str], rows: list[Row], cost: str) -> str | None:
-    """Inline SVG: the primary metric against ``cost`` (GMACs or latency), Pareto front marked; None if no data."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name, higher = PRIMARY.get(section[0], ("top1", True))
-    if section[0] == "profile":
-        return None
-    points, labels = [], []
-    for row in rows:
-        metric = row.metric(name)
-        x = row.efficiency("macs") / 1e9 if cost == "GMACs" else (row.metric("latency_ms") or (None,))[0]
-        if metric is not None and x:
-            points.append((float(x), metric[0] * (100 if name in ("top1", "mAP") else 1)))
-            labels.append(f"{row.key[1]} ({row.key[0]})")
-    if not points:
-        return None
     matplotlib.rcParams["svg.hashsalt"] = "bench"  # stable element ids: byte-identical output
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    out = io.StringIO()
+    fig.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
+    fig.clf()
+    svg = out.getvalue()
+    return re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)
+
+
+def cost_points(view: TaskView, rows: list[Row], cost: str) -> list[tuple[int, tuple[float, float]]]:
+    """(row index, (cost, primary metric in display units)) of every row that has both; ``cost`` is GMACs or latency."""
+    primary, points = view.primary, []
+    for i, row in enumerate(rows):
+        metric = row.metric(primary.name, primary.floor)
+        x = (row.efficiency("macs") or 0) / 1e9 if cost == "GMACs" else (row.metric("latency_ms") or (None,))[0]
+        if metric is not None and x:
+            points.append((i, (float(x), metric[0] * primary.scale)))
+    return points
+
+
+def front_rows(view: TaskView, rows: list[Row], cost: str) -> list[int]:
+    """Indices of the rows on the Pareto front of ``cost`` against the primary metric, in its direction."""
+    plotted = cost_points(view, rows, cost)
+    return [plotted[i][0] for i in _pareto([p for _, p in plotted], view.primary.higher_is_better)]
+
+
+def plot_svg(section: tuple[str, str, str], rows: list[Row], cost: str) -> str | None:
+    """Inline SVG: the primary metric against ``cost`` (GMACs or latency), Pareto front marked; None if no data.
+
+    The front is the upper-left for a higher-is-better metric and the lower-left for a lower-is-better one.
+    """
+    view = section_view(section, rows)
+    if not view.cost_plots:
+        return None
+    primary = view.primary
+    plotted = cost_points(view, rows, cost)
+    if not plotted:
+        return None
+    points = [point for _, point in plotted]
+    labels = [f"{rows[i].key[1]} ({rows[i].key[0]})" for i, _ in plotted]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.scatter(*zip(*points), color="#4477aa")
     for (x, y), label in zip(points, labels):
         ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = sorted(points[i] for i in _pareto(points, higher))
+    front = sorted(points[i] for i in _pareto(points, primary.higher_is_better))
     ax.plot(*zip(*front), color="#cc3311", linestyle="--", label="Pareto front")
     ax.set_xlabel("GMACs" if cost == "GMACs" else "latency (ms)")
-    ax.set_ylabel(f"{name} (%)" if name in ("top1", "mAP") else name)
+    ax.set_ylabel(f"{primary.label}, {primary.direction}")
     ax.set_title(f"{section[0]} on {section[1]}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out = io.StringIO()
-    fig.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
+    svg = _svg(fig)
     plt.close(fig)
-    svg = out.getvalue()
-    return re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)
+    return svg
+
+
+def mean_curve(curves: list[list[list[float]]]) -> list[tuple[float, float]]:
+    """Seeds' curves averaged point by point over the points they share (same configuration, same steps)."""
+    length = min(len(c) for c in curves)
+    return [(curves[0][i][0], statistics.fmean(c[i][1] for c in curves)) for i in range(length)]
+
+
+def curve_svg(section: tuple[str, str, str], rows: list[Row]) -> str | None:
+    """Inline SVG of the section's learning curves, one line per row (mean over seeds); None without curves.
+
+    One panel per curve name the records hold: the training loss per step, a validation figure per epoch.
+    """
+    names = sorted({name for row in rows for _, r in row.records for name in (r.get("curves") or {})},
+                   key=lambda n: (n != "train_loss", n))
+    if not names:
+        return None
+    view = section_view(section, rows)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        scale = view.metric(name.removeprefix("val_")).scale if name != "train_loss" else 1.0
+        for row in rows:
+            curves = [r["curves"][name] for _, r in row.records if (r.get("curves") or {}).get(name)]
+            if curves and (points := mean_curve(curves)):
+                xs, ys = zip(*points)
+                ax.plot(xs, [y * scale for y in ys], marker="." if len(xs) < 20 else None, linewidth=1,
+                        label=f"{row.key[1]} ({row.key[0]}, {row.key[2]})" if row.key[2] != "-" else
+                        f"{row.key[1]} ({row.key[0]})")
+        ax.set_xlabel("step" if name == "train_loss" else "epoch")
+        ax.set_ylabel(name if scale == 1.0 else f"{name} (%)")
+        ax.set_title(f"{section[0]} on {section[1]}: {name}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
 
 
 SORT_SCRIPT = """
@@ -324,7 +434,8 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
     for section, rows in tables.items():
         header, cells = table_rows(section, rows, link_root)
         parts.append(f"<h2>{html.escape(section[0])} on {html.escape(section[1])}</h2>"
-                     f"<p>Hardware: {html.escape(section[2])}</p><table class='sortable'><thead><tr>")
+                     f"<p>Hardware: {html.escape(section[2])}</p>"
+                     f"<p>{html.escape(ranking(section_view(section, rows)))}</p><table class='sortable'><thead><tr>")
         parts += [f"<th>{html.escape(h)}</th>" for h in header]
         parts.append("</tr></thead><tbody>")
         for *values, paths, command in cells:
@@ -332,7 +443,8 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
             parts.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in values)
                          + f"<td>{links}</td><td><code>{html.escape(command)}</code></td></tr>")
         parts.append("</tbody></table><div class='plots'>")
-        parts += [svg for svg in (plot_svg(section, rows, "GMACs"), plot_svg(section, rows, "latency")) if svg]
+        parts += [svg for svg in (plot_svg(section, rows, "GMACs"), plot_svg(section, rows, "latency"),
+                                  curve_svg(section, rows)) if svg]
         parts.append("</div>")
     if failed:
         parts.append("<h2>Failed, diverged or interrupted runs</h2><ul>")

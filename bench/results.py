@@ -90,6 +90,8 @@ class ResultRecord(_Open):
     efficiency: Efficiency
     config: dict[str, Any]
     provenance: Provenance
+    curves: Optional[dict[str, list[tuple[float, float]]]] = None
+    """Trained runs: compact learning curves, ``name -> [[step or epoch, value], ...]`` (older records have none)."""
 
 
 def validate_record(record: dict[str, Any], where: str = "record") -> None:

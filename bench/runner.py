@@ -19,10 +19,10 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.results import new_record, write_record
+from bench.tasks import get_task
 from operators.registry import OperatorError
-from tasks import get_task
 
 NOT_IDENTITY = ("results_dir", "runs_dir", "resume")
 """Keys that do not change what a run computes, so they stay out of its configuration hash."""
@@ -61,12 +61,12 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
         return write_record(record, cfg.results_dir) if rank_zero_only.rank == 0 else None
 
     try:
-        outcome = task(cfg, str(run_dir))
+        outcome = task.run(cfg, str(run_dir))
     except (ConfigError, OperatorError):
         raise  # a request that cannot be built (mistake or refused pairing), not a result
     except BaseException as err:
         finish(status=_status(err), error=f"{type(err).__name__}: {err}")
         raise
-    record["provenance"].update(world_size=outcome.pop("world_size", 1), precision=outcome.pop("precision", None),
-                                hardware=outcome.pop("hardware", None))
-    return record, finish(status="success", **outcome)
+    record["provenance"].update(world_size=outcome.world_size, precision=outcome.precision,
+                                hardware=outcome.hardware)
+    return record, finish(status="success", **outcome.record_fields())

@@ -1,51 +1,18 @@
-"""Typed schemas of the configs: Hydra validates overrides against them, so a wrong type is caught early."""
+"""Typed schemas of the configs: Hydra validates overrides against them, so a wrong type is caught early.
+
+The keys every task shares live here, with the bases that tasks extend (`DataSource`,
+`TrainingRecipe`); each task's own schemas live in its package and are stored by `register_schemas`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-
-@dataclass
-class ProfileTaskConfig:
-    """Operator profiling at one input shape."""
-
-    name: str = "profile"
-    batch: int = 8
-    channels: int = 256
-    out_channels: Optional[int] = None
-    size: Optional[int] = None
-    kernel_size: int = 3
-    stride: int = 1
-    channels_last: bool = True
-    device: str = "cpu"
-    threads: Optional[int] = None
-    compile: bool = False
-    warmup: int = 5
-    iters: int = 30
-    train: bool = True
-    baseline: Optional[str] = None
-    baseline_rounds: int = 7
-    baseline_processes: int = 3
-
-
-@dataclass
-class ClassificationTaskConfig:
-    """Image classification."""
-
-    name: str = "classification"
-    default_backbone: str = "resnet20"
-    profile_batch: int = 32
-
-
-@dataclass
-class DetectionTaskConfig:
-    """Object detection with an mmdet detector around one of our backbones."""
-
-    name: str = "detection"
-    profile_batch: int = 2
+if TYPE_CHECKING:
+    from bench.tasks import TaskSpec
 
 
 @dataclass
@@ -63,29 +30,6 @@ class DataSource:
 
 
 @dataclass
-class DataConfig(DataSource):
-    """A classification dataset: built-in generator, hub id or local path, and how to read it."""
-
-    hub_id: Optional[str] = None
-    image_column: str = "image"
-    label_column: str = "label"
-    val_fraction: float = 0.1
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-
-
-@dataclass
-class DetectionDataConfig(DataSource):
-    """A COCO-format detection dataset: ``path/annotations/instances_{split}.json`` and ``path/{split}/``."""
-
-    train_split: str = "train2017"
-    val_split: str = "val2017"
-    test_split: str = "val2017"
-    annotations: str = "annotations/instances_{split}.json"
-    images: str = "{split}"
-
-
-@dataclass
 class TrainingRecipe:
     """What every training protocol states; the global batch is kept whatever the world size."""
 
@@ -98,38 +42,21 @@ class TrainingRecipe:
     lr: float = 0.1
     base_batch: int = 128  # lr is stated for this global batch and scaled linearly with it
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 0.0
+    schedule: str = "cosine"
+    """After warm-up: ``cosine`` (to 0), ``multistep`` (x ``gamma`` at each of ``milestones``, in epochs) or
+    ``poly`` ((1 - progress) ** ``power``, BiSeNet's and DFANet's)."""
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    power: float = 0.9
+    warmup_epochs: float = 0.0
+    warmup_iters: int = 0
+    """Linear warm-up from ``warmup_ratio`` x lr, over ``warmup_epochs`` or ``warmup_iters`` (whichever is set)."""
+    warmup_ratio: float = 0.0
     flip: bool = True
     precision: str = "32-true"
     eval_batch: int = 256
-
-
-@dataclass
-class RecipeConfig(TrainingRecipe):
-    """A classification protocol: per-step cosine or step schedule, warm-up in epochs, crop augmentation."""
-
-    nesterov: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    crop_padding: int = 0
-    random_resized_crop: bool = False
-
-
-@dataclass
-class DetectionRecipeConfig(TrainingRecipe):
-    """A detection protocol: model widths, mmdet-style warm-up and step schedule, resize bounds."""
-
-    default_backbone: str = "resnet18"
-    fpn_channels: int = 256
-    head_convs: int = 4
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.001
-    grad_clip: Optional[float] = None
-    min_size: int = 800
-    max_size: int = 1333
 
 
 @dataclass
@@ -150,16 +77,13 @@ class TrainerConfig:
 class RunConfig:
     """Keys shared by every task."""
 
-    task: Any = None
-    data: Any = None  # each data/*.yaml declares its schema (classification or detection)
-    recipe: Any = None  # likewise for recipe/*.yaml
+    task: Any = None  # the task's own schema (its task/<name>.yaml)
+    data: Any = None  # the task's data/*.yaml, if it reads data
+    recipe: Any = None  # the task's recipe/*.yaml, if it trains
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     op: str = "conv"
     backbone: Optional[str] = None
     op_kwargs: dict[str, Any] = field(default_factory=dict)
-    upsampler: Optional[str] = None
-    detector: Optional[str] = None
-    upsampler_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     results_dir: str = "leaderboards/results"
     runs_dir: str = "outputs/runs"
@@ -168,14 +92,34 @@ class RunConfig:
     num_nodes: Optional[int] = None
 
 
-def register_schemas() -> None:
-    """Make the schemas available to the YAML configs' defaults lists."""
+@dataclass
+class UpsampleKeys:
+    """Top-level keys of a task whose networks have upsample slots (`TaskSpec.upsample_slots`)."""
+
+    upsampler: Optional[str] = None  # any upsample-kind operator; None: the task's stock upsampler
+    upsampler_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def run_schema(spec: TaskSpec) -> type:
+    """`RunConfig` plus the top-level keys ``spec`` accepts (its own, and the upsample slots' if it has them)."""
+    bases = [b for b in (spec.keys, UpsampleKeys if spec.upsample_slots else None) if b is not None]
+    return make_dataclass(f"{spec.name.title().replace('_', '')}RunConfig", [], bases=(*bases, RunConfig))
+
+
+def task_keys(spec: TaskSpec) -> list[str]:
+    """Top-level keys only ``spec`` accepts."""
+    return [f.name for f in fields(run_schema(spec)) if f.name not in {g.name for g in fields(RunConfig)}]
+
+
+def register_schemas(spec: TaskSpec) -> None:
+    """Store the schemas of ``spec`` for its YAML configs' defaults lists (``- <task>_schema``).
+
+    A task without a ``task/<name>.yaml`` gets its schema stored as that config, so a task can be pure Python.
+    """
     store = ConfigStore.instance()
-    store.store(name="run_schema", node=RunConfig)
-    store.store(group="task", name="profile_schema", node=ProfileTaskConfig)
-    store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
-    store.store(group="task", name="detection_schema", node=DetectionTaskConfig)
-    store.store(group="data", name="classification_schema", node=DataConfig)
-    store.store(group="data", name="detection_schema", node=DetectionDataConfig)
-    store.store(group="recipe", name="classification_schema", node=RecipeConfig)
-    store.store(group="recipe", name="detection_schema", node=DetectionRecipeConfig)
+    store.store(name="run_schema", node=run_schema(spec))
+    if spec.config_dir is None or not (spec.config_dir / "task" / f"{spec.name}.yaml").exists():
+        store.store(group="task", name=spec.name, node=spec.task_schema)
+    for group, schema in (("task", spec.task_schema), ("data", spec.data_schema), ("recipe", spec.recipe_schema)):
+        if schema is not None:
+            store.store(group=group, name=f"{spec.name}_schema", node=schema)

@@ -7,15 +7,15 @@ it performs, so the suite can check and count operators that generic counters ca
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+
+from bench.errors import unknown_name_message
 
 OpKind = Literal["conv", "upsample"]
 MacFormula = Callable[..., int]
@@ -144,14 +144,6 @@ def op_info(name: str) -> OpInfo:
     if name not in _REGISTRY:
         raise OperatorError(unknown_name_message("operator", name, list(_REGISTRY)))
     return _REGISTRY[name]
-
-
-def unknown_name_message(what: str, name: str, available: list[str]) -> str:
-    """One paragraph: what was asked, the closest match, and everything available."""
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    listing = ", ".join(sorted(available)) or "(none)"
-    return f"Unknown {what} {name!r}.{hint} Available: {listing}."
 
 
 def _tag(module: nn.Module, info: OpInfo) -> nn.Module:

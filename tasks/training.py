@@ -1,20 +1,32 @@
-"""Training plumbing shared by the trained tasks: the Lightning Trainer of a config, resuming, divergence.
+"""The trained-task skeleton every training task shares: batch plan, Trainer, fit/resume, test, profile, result.
 
-Tasks stay thin: each builds its LightningModule and data, then calls :func:`fit` here, so every task
-checkpoints, resumes and reports interruptions and divergence the same way.
+A task supplies what is its own (a LightningModule, a LightningDataModule, how to profile the trained
+model) through :func:`train_and_test`; everything else happens here, the same way for every task:
+the world-size probe and batch plan, the Lightning Trainer with its checkpoints and CSV log, resuming,
+divergence, the learning-curve summary, the test pass and the typed :class:`~bench.tasks.TaskResult`.
+The one learning-rate schedule of every recipe is :func:`lr_factor`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from bench.recipes import OPTIMIZERS
+from bench.recipes import OPTIMIZERS, BatchPlan, plan_batches
+from bench.results import hardware
+from bench.tasks import TaskResult
+
+CURVE_POINTS = 50
+"""About this many training-loss points per run are kept in the record (the CSV log keeps every logged step)."""
 
 
 class DivergedError(FloatingPointError):
@@ -24,11 +36,40 @@ class DivergedError(FloatingPointError):
 def build_optimizer(params: Any, recipe: DictConfig, lr: float) -> torch.optim.Optimizer:
     """The recipe's optimizer (SGD with momentum, Nesterov if the recipe says so, or AdamW) at ``lr``."""
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=bool(recipe.get("nesterov", False)),
+        return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=bool(recipe.nesterov),
                                weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
     raise ValueError(f"recipe {recipe.name}: optimizer must be one of {OPTIMIZERS}, got {recipe.optimizer!r}")
+
+
+def lr_factor(recipe: DictConfig, step: int, total: int, per_epoch: float) -> float:
+    """The recipe's learning-rate multiplier at optimizer step ``step`` of ``total`` (``per_epoch`` steps an epoch).
+
+    Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` steps or ``warmup_epochs`` epochs (as mmdet
+    and timm: the ratio at step 0, 1 at the end), then ``cosine`` to 0, ``multistep`` (x ``gamma`` at each
+    milestone epoch) or ``poly`` ((1 - progress) ** ``power``).
+    """
+    warmup = int(recipe.warmup_iters) or int(recipe.warmup_epochs * per_epoch)
+    if step < warmup:
+        return recipe.warmup_ratio + (1 - recipe.warmup_ratio) * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if recipe.schedule == "poly":
+        return max(0.0, 1 - progress) ** recipe.power
+    if recipe.schedule == "multistep":
+        return recipe.gamma ** sum(step >= int(m * per_epoch) for m in recipe.milestones)
+    raise ValueError(f"recipe {recipe.name}: schedule must be cosine, multistep or poly, got {recipe.schedule!r}")
+
+
+def configure_optimizers(module: L.LightningModule, recipe: DictConfig, lr: float) -> dict[str, Any]:
+    """What a LightningModule's ``configure_optimizers`` returns: the recipe's optimizer and per-step schedule."""
+    opt = build_optimizer(module.parameters(), recipe, lr)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    per_epoch = total / max(1, int(recipe.epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(recipe, step, total, per_epoch))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
@@ -37,20 +78,68 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
         raise DivergedError(f"training loss is {loss.item()} at step {step}")
 
 
+class LearningCurve(Callback):
+    """A compact learning curve for the record: mean train loss every ~1/50 of the run, a validation figure per epoch.
+
+    Its state is saved in checkpoints, so a resumed run keeps the curve it had.
+    """
+
+    def __init__(self, validation_metric: str | None) -> None:
+        self.validation_metric = validation_metric
+        self.train_loss: list[list[float]] = []
+        self.validation: list[list[float]] = []
+        self._pending: list[float] = []
+        self._every = 1
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._every = max(1, int(trainer.estimated_stepping_batches) // CURVE_POINTS)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._pending.append(float(loss))
+        step = trainer.global_step
+        if step % self._every == 0 and (not self.train_loss or self.train_loss[-1][0] != step):
+            self.train_loss.append([step, sum(self._pending) / len(self._pending)])
+            self._pending = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.validation_metric or "")
+        if value is not None and not trainer.sanity_checking:
+            self.validation.append([trainer.current_epoch + 1, float(value)])
+
+    def curves(self) -> dict[str, list[list[float]]]:
+        out = {"train_loss": self.train_loss}
+        if self.validation:
+            out[self.validation_metric] = self.validation
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loss": self.train_loss, "validation": self.validation}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train_loss, self.validation = state["train_loss"], state["validation"]
+
+
 def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: bool = True,
-                  gradient_clip_val: float | None = None) -> L.Trainer:
-    """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``."""
+                  gradient_clip_val: float | None = None, callbacks: tuple[Callback, ...] = ()) -> L.Trainer:
+    """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``.
+
+    It checkpoints to ``run_dir`` and logs every logged figure to ``run_dir/metrics.csv`` (Lightning's CSV logger).
+    """
     t, r = cfg.trainer, cfg.recipe
     # last.ckpt: overwritten every epoch and kept; interrupted.ckpt: written on Ctrl-C or a crash (Lightning
     # deletes it once a run completes). resume=true continues from the newer of the two.
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False),
-                            OnExceptionCheckpoint(run_dir, filename="interrupted")]
+    kept: list[Callback] = [ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1,
+                                            enable_version_counter=False),
+                            OnExceptionCheckpoint(run_dir, filename="interrupted"), *callbacks]
     if progress:
-        callbacks.append(RichProgressBar())
+        kept.append(RichProgressBar())
     devices, nodes = cfg.devices or t.devices, cfg.num_nodes or t.num_nodes
     return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=devices, num_nodes=nodes,
                      strategy=t.strategy, precision=t.precision or r.precision, accumulate_grad_batches=accumulate,
-                     gradient_clip_val=gradient_clip_val, callbacks=callbacks, logger=False,
+                     gradient_clip_val=gradient_clip_val, callbacks=kept,
+                     logger=CSVLogger(run_dir, name="", version="") if progress else False,
                      enable_model_summary=False, default_root_dir=run_dir, enable_progress_bar=progress,
                      num_sanity_val_steps=0)
 
@@ -69,3 +158,45 @@ def fit(cfg: DictConfig, run_dir: str, trainer: L.Trainer, module: L.LightningMo
             raise KeyboardInterrupt("training interrupted; rerun the same command with resume=true") from None
         raise
     return resumed_step
+
+
+@dataclass
+class TrainingJob:
+    """What a trained task builds for one run once the batch plan is known."""
+
+    module: L.LightningModule
+    data: L.LightningDataModule
+    profile: Callable[[], dict[str, Any]]
+    """Efficiency of the trained model (called on global rank zero only)."""
+    backbone: str | None = None
+    op_metadata: dict[str, Any] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    """Task-specific record fields (``upsampler``, ``detector``, ...)."""
+    gradient_clip_val: float | None = None
+
+
+def train_and_test(cfg: DictConfig, run_dir: str, build: Callable[[BatchPlan], TrainingJob],
+                   validation_metric: str | None = None) -> TaskResult:
+    """Train the job ``build`` makes for this world size on the recipe, test it, profile it: the task's result.
+
+    The record's metrics are every ``test_<name>`` the module logs (as ``<name>``), plus
+    ``validation_metric`` (e.g. ``val_top1``) after the last epoch where the task validates.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
+    plan = plan_batches(cfg.recipe, probe.world_size)
+    curve = LearningCurve(validation_metric)
+    job = build(plan)
+    trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate, gradient_clip_val=job.gradient_clip_val,
+                            callbacks=(curve,))
+    resumed_step = fit(cfg, run_dir, trainer, job.module, job.data)
+    validated = trainer.callback_metrics.get(validation_metric) if validation_metric else None  # test replaces them
+    (test,) = trainer.test(job.module, datamodule=job.data, verbose=False)
+    metrics = {name.removeprefix("test_"): float(value) for name, value in test.items() if name.startswith("test_")}
+    if validation_metric:
+        metrics[validation_metric] = float("nan") if validated is None else float(validated)
+    return TaskResult(metrics=metrics, efficiency=job.profile() if trainer.is_global_zero else {},
+                      hardware=hardware(str(job.module.device)), world_size=trainer.world_size,
+                      precision=str(trainer.precision), backbone=job.backbone, op_metadata=job.op_metadata,
+                      batch_plan=plan.to_dict(), steps=int(trainer.global_step), resumed_from_step=resumed_step,
+                      curves=curve.curves(), fields=job.fields)

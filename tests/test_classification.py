@@ -50,6 +50,11 @@ def test_tiny_run_writes_a_complete_record(tmp_path: Path) -> None:
     assert eff["params"] > 0 and eff["macs"] > 0 and eff["latency_ms"]["median"] > 0
     assert record["provenance"]["world_size"] == 1 and record["provenance"]["hardware"]["cpu_count"] >= 1
     assert record["provenance"]["command"].startswith("bench run task=classification")
+    assert [step for step, _ in record["curves"]["train_loss"]] == [1, 2]  # every step of so short a run
+    assert [epoch for epoch, _ in record["curves"]["val_top1"]] == [1]
+    assert record["curves"]["val_top1"][0][1] == pytest.approx(record["metrics"]["val_top1"])
+    (log,) = (tmp_path / "runs").glob("classification-*/metrics.csv")  # Lightning's CSV log of the whole run
+    assert "train_loss" in log.read_text().splitlines()[0]
 
 
 def test_diverged_run_is_recorded_as_diverged(tmp_path: Path) -> None:
@@ -90,5 +95,8 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     final = next(r for r in records(tmp_path / "results") if r["status"] == "success")
     assert final["resumed_from_step"] > 0
     assert final["steps"] == 30 * 4  # the whole schedule, continued rather than restarted
+    steps = [step for step, _ in final["curves"]["train_loss"]]
+    assert steps == list(range(2, 121, 2))  # the curve kept its part from before the interruption
+    assert [epoch for epoch, _ in final["curves"]["val_top1"]] == list(range(1, 31))
     run_dir = checkpoints[0].parent
     assert (run_dir / "last.ckpt").exists() and not (run_dir / "interrupted.ckpt").exists()

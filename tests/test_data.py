@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from bench.config import compose
-from tasks.data import DataError, load_classification, shapes, with_transform
-from tasks.scenes import CLASSES, render_scene
+from bench.errors import DataError
+from tasks.classification.data import load_classification, shapes, with_transform
+from tasks.shapes import CLASSES, render_scene
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,7 @@ def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def data_cfg(name: str, **overrides: object):
-    cfg = compose("run", [f"data={name}", *(f"data.{k}={v}" for k, v in overrides.items())])
+    cfg = compose("run", ["task=classification", f"data={name}", *(f"data.{k}={v}" for k, v in overrides.items())])
     return cfg.data
 
 

@@ -17,9 +17,9 @@ from operators.registry import list_ops
 
 pytest.importorskip("mmdet", reason="detection extra not installed")
 
-from tasks.detection import (DetectionData, build_detector, collate, detector_config,  # noqa: E402
-                             lr_factor, to_mmdet)
-from tasks.detection_data import CocoDetection, detection_transforms  # noqa: E402
+from tasks.detection.data import CocoDetection, DetectionData, collate, detection_transforms  # noqa: E402
+from tasks.detection.task import build_detector, detector_config, to_mmdet  # noqa: E402
+from tasks.training import lr_factor  # noqa: E402
 
 TINY = ["task=detection", "data.image_size=64", "data.train_size=8", "data.val_size=2", "data.test_size=4",
         "recipe.min_size=64", "recipe.max_size=64", "recipe.fpn_channels=16", "recipe.head_convs=1"]
@@ -54,7 +54,7 @@ def forward_loss_predict(overrides: list[str]) -> None:
 def test_fpn_with_nearest_is_mmdets_fpn() -> None:
     from mmdet.models.necks import FPN
 
-    from tasks.detection_models import OpFPN
+    from tasks.detection.models import OpFPN
 
     channels = [32, 64, 128, 256]
     for kwargs in ({"start_level": 1, "add_extra_convs": "on_input"}, {"start_level": 0},
@@ -70,7 +70,7 @@ def test_fpn_with_nearest_is_mmdets_fpn() -> None:
 
 @pytest.mark.parametrize("upsampler", list_ops("upsample"))
 def test_fpn_takes_every_upsampler(upsampler: str) -> None:
-    from tasks.detection_models import OpFPN
+    from tasks.detection.models import OpFPN
 
     fpn = OpFPN([16, 32, 64], 16, 4, upsampler=upsampler)
     outs = fpn([torch.randn(1, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate((16, 32, 64))])
@@ -113,12 +113,13 @@ def test_coco_1x_schedule() -> None:
     assert (recipe.global_batch, recipe.lr, recipe.momentum, recipe.weight_decay) == (16, 0.02, 0.9, 1e-4)
     assert (recipe.epochs, list(recipe.milestones), recipe.min_size, recipe.max_size) == (12, [8, 11], 800, 1333)
     per_epoch = 7330  # COCO train2017 at batch 16
-    assert lr_factor(recipe, 0, per_epoch) == pytest.approx(0.001)
-    assert lr_factor(recipe, 250, per_epoch) == pytest.approx(0.001 + 0.999 * 0.5)
-    assert lr_factor(recipe, 500, per_epoch) == 1.0
-    assert lr_factor(recipe, 8 * per_epoch - 1, per_epoch) == 1.0
-    assert lr_factor(recipe, 8 * per_epoch, per_epoch) == pytest.approx(0.1)
-    assert lr_factor(recipe, 11 * per_epoch, per_epoch) == pytest.approx(0.01)
+    total = 12 * per_epoch
+    assert lr_factor(recipe, 0, total, per_epoch) == pytest.approx(0.001)
+    assert lr_factor(recipe, 250, total, per_epoch) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert lr_factor(recipe, 500, total, per_epoch) == 1.0
+    assert lr_factor(recipe, 8 * per_epoch - 1, total, per_epoch) == 1.0
+    assert lr_factor(recipe, 8 * per_epoch, total, per_epoch) == pytest.approx(0.1)
+    assert lr_factor(recipe, 11 * per_epoch, total, per_epoch) == pytest.approx(0.01)
 
 
 def write_coco(root: Path) -> None:

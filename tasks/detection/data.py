@@ -9,29 +9,39 @@ Samples carry torchvision ``tv_tensors`` so transforms.v2 moves the boxes with t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from tasks.data import DataError, cache_root
-from tasks.scenes import CLASSES, render_scene
+from bench.errors import DataError
+from bench.schema import DataSource
+from tasks.shapes import CLASSES, SPLIT_OFFSETS, cached_view, render_scene
 
 SHAPES_DETECTION_VERSION = 3
 """Bumped whenever the detection view's output changes, so stale caches are never reused."""
-SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 MIN_VISIBLE = 0.4
 """An object is boxed when at least this fraction of it is visible (the rest is hidden behind nearer objects)."""
 MIN_PIXELS = 12
+
+
+@dataclass
+class DetectionDataConfig(DataSource):
+    """A COCO-format detection dataset: ``path/annotations/instances_{split}.json`` and ``path/{split}/``."""
+
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    test_split: str = "val2017"
+    annotations: str = "annotations/instances_{split}.json"
+    images: str = "{split}"
 
 
 def shapes_annotations(seed: int, index: int, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -70,20 +80,14 @@ def shapes_root(cfg: DictConfig) -> Path:
     """The cached COCO-layout folder of the shapes detection view, generated on first use (atomically)."""
     counts = {cfg.train_split: int(cfg.train_size), cfg.val_split: int(cfg.val_size),
               cfg.test_split: int(cfg.test_size)}
+    unknown = sorted(set(counts) - set(SPLIT_OFFSETS))
+    if unknown:
+        raise DataError(f"data={cfg.name}: the shapes view has the splits {', '.join(SPLIT_OFFSETS)}; "
+                        f"data.*_split names {', '.join(map(repr, unknown))}.")
     tag = "-".join(f"{s}{n}" for s, n in counts.items())
-    path = cache_root() / f"shapes-detection-v{SHAPES_DETECTION_VERSION}-seed{cfg.generator_seed}-{cfg.image_size}px-{tag}"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-shapes-detection-"))
-    try:
-        write_shapes_coco(tmp, int(cfg.generator_seed), int(cfg.image_size), counts)
-        os.replace(tmp, path)  # a concurrent or interrupted run never sees half a dataset
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not path.exists():
-            raise
-    return path
+    name = f"shapes-detection-v{SHAPES_DETECTION_VERSION}-seed{cfg.generator_seed}-{cfg.image_size}px-{tag}"
+    return cached_view(name, lambda folder: write_shapes_coco(folder, int(cfg.generator_seed), int(cfg.image_size),
+                                                              counts))
 
 
 class CocoDetection(Dataset):
@@ -174,3 +178,29 @@ def split_paths(cfg: DictConfig, split: str) -> tuple[Path, Path]:
 def collate(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Images differ in size, so a batch is a dict of lists; the detector's preprocessor pads them."""
     return {key: [s[key] for s in samples] for key in samples[0]}
+
+
+class DetectionData(L.LightningDataModule):
+    """Train and test loaders over COCO-format splits (the shapes view is written in that format)."""
+
+    def __init__(self, cfg: DictConfig, per_device_batch: int) -> None:
+        super().__init__()
+        self.cfg, self.per_device_batch = cfg, per_device_batch
+        self.train_set = CocoDetection(*split_paths(cfg.data, cfg.data.train_split),
+                                       detection_transforms(cfg.recipe, train=True), train=True)
+        self.test_set = CocoDetection(*split_paths(cfg.data, cfg.data.test_split),
+                                      detection_transforms(cfg.recipe, train=False))
+        if not len(self.train_set):
+            raise ConfigError(f"data={cfg.data.name}: split {cfg.data.train_split!r} has no image with a box to train on")
+        self.class_names = self.train_set.class_names
+
+    def _loader(self, dataset: CocoDetection, batch: int, train: bool) -> DataLoader:
+        workers = int(self.cfg.trainer.num_workers)
+        return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train, collate_fn=collate,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.per_device_batch, True)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, int(self.cfg.recipe.eval_batch), False)

@@ -18,7 +18,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from operators.registry import create_upsampler
+from backbones.operator_slot import UpsampleSlots
 
 EXTRA_SOURCES = ("on_input", "on_lateral", "on_output")
 
@@ -80,8 +80,9 @@ class OpFPN(BaseModule):
                 self.fpn_convs.append(ConvModule(source, out_channels, 3, stride=2, padding=1, act_cfg=None,
                                                  inplace=False))
         self.upsampler = upsampler
-        self.upsamplers = nn.ModuleList(create_upsampler(upsampler, out_channels, 2, **dict(upsampler_kwargs or {}))
-                                        for _ in range(used - 1))
+        slots = UpsampleSlots(upsampler, dict(upsampler_kwargs or {}), network="OpFPN")
+        self.upsamplers = nn.ModuleList(slots(f"top_down.{i}", out_channels) for i in range(used - 1))
+        self.upsample_metadata = slots.metadata()
 
     def init_weights(self) -> None:
         """mmdet FPN's init (Xavier uniform) for the FPN's own convs; upsamplers keep their paper's init."""

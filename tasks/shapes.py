@@ -1,18 +1,26 @@
-"""The `shapes` scene generator: procedural scenes that every task reads its own view of.
+"""The `shapes` scene generator, and the cache every task's view of it is written to once.
 
 A scene is a textured background with one main object and a few smaller distractors, each a coloured,
 rotated, scaled geometric shape from 10 classes. One scene yields the image plus, per object, its class,
 box, mask and depth, so classification (the main object's class), detection (boxes), segmentation
 (masks), depth and saliency (the main object's mask) all come from the same generator. Scenes are a
-pure function of (seed, index): the same dataset on every machine.
+pure function of (seed, index): the same dataset on every machine. A task writes its view in its
+own on-disk format through :func:`cached_view`, with the split names of :data:`SPLIT_OFFSETS`.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
+"""Split names of every view, and the scene index each split starts at: splits never share a scene."""
 CLASSES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "ellipse", "arrow")
 
 
@@ -125,3 +133,29 @@ def render_scene(seed: int, index: int, size: int = 32, distractors: tuple[int, 
                                    mask, obj_depth))
     image = np.clip(image + rng.normal(0, 0.03, image.shape), 0, 1)
     return Scene((image * 255).astype(np.uint8), objects, depth.astype(np.float32))
+
+
+def cache_root() -> Path:
+    """Where generated datasets are cached: $BENCH_CACHE, else ~/.cache/bench."""
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+
+
+def cached_view(name: str, write: Callable[[Path], None]) -> Path:
+    """``cache_root()/name``, written once by ``write(folder)`` into a temporary folder renamed into place.
+
+    ``name`` must change whenever the view's content would (a version, the seed, sizes, split sizes);
+    the rename is atomic, so a concurrent or interrupted run never sees half a dataset.
+    """
+    path = cache_root() / name
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{name}-"))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():
+            raise
+    return path

@@ -17,21 +17,46 @@ import importlib
 import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
 import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 from timm.data import resolve_data_config
 
-from bench.config import ConfigError
+from bench.errors import ConfigError, unknown_name_message
 from bench.measure import Profile, compare_latency, example_input, profile_model, profile_module, to_layout
 from bench.results import hardware
-from operators.registry import OperatorError, create_op, create_upsampler, op_info
-from tasks import register_task
+from bench.tasks import Metric, TaskResult, TaskSpec
+from operators.registry import OperatorError, create_op, create_upsampler, list_ops, op_info
 
 OPERATOR_SIZE = 28
 """Default spatial size of bare-operator profiles (the DDF paper's timing protocol at 256 channels)."""
+
+
+@dataclass
+class ProfileTaskConfig:
+    """Operator profiling at one input shape, or a whole backbone at its input size."""
+
+    name: str = "profile"
+    batch: int = 8
+    channels: int = 256
+    out_channels: Optional[int] = None
+    size: Optional[int] = None
+    kernel_size: int = 3
+    stride: int = 1
+    channels_last: bool = True
+    device: str = "cpu"
+    threads: Optional[int] = None
+    compile: bool = False
+    warmup: int = 5
+    iters: int = 30
+    train: bool = True
+    baseline: Optional[str] = None
+    baseline_rounds: int = 7
+    baseline_processes: int = 3
 
 
 def build_operator(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
@@ -117,8 +142,7 @@ def compare_in_fresh_processes(cfg: DictConfig) -> dict[str, Any]:
     return {**{key: statistics.median(r[key] for r in runs) for key in runs[0]}, "per_process": runs}
 
 
-@register_task("profile")
-def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str) -> TaskResult:
     """Profile ``cfg.op`` (inside ``cfg.backbone`` if set); returns cost figures and the hardware."""
     t = cfg.task
     if t.threads is not None:
@@ -139,7 +163,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
                 ratios = _compare_with_baseline(cfg, model, reference, size)
             efficiency["vs_baseline"] = {"op": t.baseline, "rounds": t.baseline_rounds,
                                          "processes": t.baseline_processes, **ratios}
-        return {"efficiency": efficiency, "op_metadata": model.op_metadata, "hardware": hardware(t.device)}
+        return TaskResult(efficiency=efficiency, op_metadata=model.op_metadata, hardware=hardware(t.device))
     module, x = build_operator(cfg)
     module, x = to_layout(module, x, t.channels_last)
     prof: Profile = profile_module(module, [x], device=device, warmup=t.warmup, iters=t.iters, train=t.train,
@@ -147,5 +171,39 @@ def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
     efficiency = {**prof.to_dict(), "latency_ms": {"median": prof.latency_ms, "iqr": prof.latency_iqr_ms,
                                                    "batch": t.batch}}
     efficiency.pop("latency_iqr_ms")
-    return {"efficiency": {**efficiency, "channels_last": t.channels_last, "compiled": t.compile},
-            "hardware": hardware(t.device)}
+    return TaskResult(efficiency={**efficiency, "channels_last": t.channels_last, "compiled": t.compile},
+                      hardware=hardware(t.device))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Thread count, and ``task.baseline``: it compares whole networks, so it needs a backbone, rounds, processes."""
+    t = cfg.task
+    if t.threads is not None and t.threads < 1:
+        raise ConfigError(f"task.threads={t.threads}: give a positive number of CPU threads, or leave it unset "
+                          "for torch's default (one per core).")
+    if t.baseline is None:
+        return
+    if not cfg.get("backbone"):
+        raise ConfigError(f"task.baseline={t.baseline} compares a backbone with two operators; name one "
+                          "(backbone=resnet50), or drop task.baseline to profile the bare operator.")
+    if t.baseline not in (conv_ops := list_ops("conv")):
+        raise ConfigError(unknown_name_message("baseline operator (task.baseline)", str(t.baseline), conv_ops))
+    if t.baseline_rounds < 1:
+        raise ConfigError(f"task.baseline_rounds={t.baseline_rounds}: give at least one round.")
+    if t.baseline_processes < 1:
+        raise ConfigError(f"task.baseline_processes={t.baseline_processes}: give at least one process "
+                          "(1 compares in this process).")
+
+
+TASK = TaskSpec(
+    name="profile",
+    description="what an operator costs, bare at one input shape or inside a backbone (bench profile)",
+    run=run,
+    metrics=(Metric("latency_ms", higher_is_better=False, unit="ms", description="median inference latency"),),
+    primary="latency_ms",
+    config_dir=Path(__file__).parent / "conf",
+    task_schema=ProfileTaskConfig,
+    profiled="the bare operator at task.batch x task.channels x task.size^2, or the backbone at its input size",
+    cost_plots=False,
+    validate=validate,
+)

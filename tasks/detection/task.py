@@ -11,34 +11,62 @@ and only when a detector is built.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import timm
-import torch
 from lightning_utilities.core.imports import RequirementCache
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
-from bench.config import ConfigError
-from bench.recipes import BatchPlan, plan_batches
-from bench.results import hardware
-from operators.registry import unknown_name_message
-from tasks import register_task
-from tasks.detection_data import CocoDetection, collate, detection_transforms, split_paths
-from tasks.training import build_optimizer, build_trainer, check_finite, fit
+from bench.errors import ConfigError, unknown_name_message
+from bench.measure import profile_model
+from bench.recipes import BatchPlan
+from bench.schema import TrainingRecipe
+from bench.tasks import Metric, TaskResult, TaskSpec
+from tasks.detection.data import DetectionData, DetectionDataConfig
+from tasks.training import TrainingJob, check_finite, configure_optimizers, train_and_test
 
 BASE_CONFIGS = {"retinanet": "retinanet_r50_fpn.py", "faster_rcnn": "faster-rcnn_r50_fpn.py"}
 """mmdet's model-zoo configs each detector starts from (shipped inside the mmdet package)."""
 DEFAULT_DETECTOR = "retinanet"
+DEFAULT_UPSAMPLER = "nearest"
+"""The stock FPN's top-down upsampling."""
 METRICS = {"mAP": "map", "mAP50": "map_50", "mAP75": "map_75", "mAP_small": "map_small",
            "mAP_medium": "map_medium", "mAP_large": "map_large", "mAR100": "mar_100"}
 """Record metric name -> torchmetrics MeanAveragePrecision key (COCO protocol)."""
 FPN_LEVELS = 4
 """Backbone levels handed to the FPN: the last four feature maps (C2-C5 of a ResNet)."""
+
+
+@dataclass
+class DetectionTaskConfig:
+    """Object detection with an mmdet detector around one of our backbones."""
+
+    name: str = "detection"
+    profile_batch: int = 2
+
+
+@dataclass
+class DetectionRecipe(TrainingRecipe):
+    """A detection protocol: model widths, gradient clipping and resize bounds beside the shared schedule."""
+
+    default_backbone: str = "resnet18"
+    fpn_channels: int = 256
+    head_convs: int = 4
+    grad_clip: Optional[float] = None
+    min_size: int = 800
+    max_size: int = 1333
+
+
+@dataclass
+class DetectionKeys:
+    """Top-level keys only detection accepts."""
+
+    detector: Optional[str] = None  # retinanet (None) or faster_rcnn
 
 
 def require_mmdet() -> None:
@@ -105,39 +133,13 @@ def build_detector(model_cfg: dict[str, Any]) -> nn.Module:
     from mmengine.config import ConfigDict
     from mmengine.logging import MMLogger
 
-    import tasks.detection_models  # noqa: F401  registers BenchBackbone and OpFPN
+    import tasks.detection.models  # noqa: F401  registers BenchBackbone and OpFPN
 
     register_all_modules(init_default_scope=True)
     MMLogger.get_current_instance().setLevel("WARNING")  # init_weights logs every parameter at INFO
     detector = MODELS.build(ConfigDict(copy.deepcopy(model_cfg)))  # mmdet reads cfg.attr
     detector.init_weights()
     return detector
-
-
-class DetectionData(L.LightningDataModule):
-    """Train and test loaders over COCO-format splits (the shapes view is written in that format)."""
-
-    def __init__(self, cfg: DictConfig, per_device_batch: int) -> None:
-        super().__init__()
-        self.cfg, self.per_device_batch = cfg, per_device_batch
-        self.train_set = CocoDetection(*split_paths(cfg.data, cfg.data.train_split),
-                                       detection_transforms(cfg.recipe, train=True), train=True)
-        self.test_set = CocoDetection(*split_paths(cfg.data, cfg.data.test_split),
-                                      detection_transforms(cfg.recipe, train=False))
-        if not len(self.train_set):
-            raise ConfigError(f"data={cfg.data.name}: split {cfg.data.train_split!r} has no image with a box to train on")
-        self.class_names = self.train_set.class_names
-
-    def _loader(self, dataset: CocoDetection, batch: int, train: bool) -> DataLoader:
-        workers = int(self.cfg.trainer.num_workers)
-        return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train, collate_fn=collate,
-                          num_workers=workers, persistent_workers=workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.per_device_batch, True)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, int(self.cfg.recipe.eval_batch), False)
 
 
 def to_mmdet(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -189,18 +191,7 @@ class DetectionModule(L.LightningModule):
         self.test_map.reset()
 
     def configure_optimizers(self) -> dict:
-        r = self.recipe
-        opt = build_optimizer(self.parameters(), r, self.plan.lr)
-        per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max(1, int(r.epochs)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(r, step, per_epoch))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def lr_factor(recipe: DictConfig, step: int, steps_per_epoch: int) -> float:
-    """mmdet's step schedule: linear warm-up from ``warmup_ratio`` over ``warmup_iters``, x gamma per milestone epoch."""
-    decay = recipe.gamma ** sum(step // steps_per_epoch >= m for m in recipe.milestones)
-    warmup, ratio = int(recipe.warmup_iters), float(recipe.warmup_ratio)
-    return decay * (ratio + (1 - ratio) * step / warmup if step < warmup else 1.0)
+        return configure_optimizers(self, self.recipe, self.plan.lr)
 
 
 class FeatureExtractor(nn.Module):
@@ -214,33 +205,53 @@ class FeatureExtractor(nn.Module):
         return self.neck(self.backbone(x))
 
 
-@register_task("detection")
-def run(cfg: DictConfig, run_dir: str) -> dict[str, Any]:
-    """Train, test (COCO mAP) and profile backbone + FPN; returns metrics, efficiency and the mmdet config."""
-    from bench.measure import profile_model
-
+def run(cfg: DictConfig, run_dir: str) -> TaskResult:
+    """Train, test (COCO mAP) and profile backbone + FPN of the detector ``cfg`` describes."""
     require_mmdet()
-    kind = detector_name(cfg)  # a mistake is reported before any data is generated
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
-    plan = plan_batches(cfg.recipe, probe.world_size)
-    trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate, gradient_clip_val=cfg.recipe.grad_clip)
-    data = DetectionData(cfg, plan.per_device_batch)
-    backbone, upsampler = cfg.backbone or cfg.recipe.default_backbone, cfg.upsampler or "nearest"
-    model_cfg = detector_config(cfg, backbone, upsampler, len(data.class_names))
-    detector = build_detector(model_cfg)
-    module = DetectionModule(detector, cfg.recipe, plan)
-    resumed_step = fit(cfg, run_dir, trainer, module, data)
-    (test,) = trainer.test(module, datamodule=data, verbose=False)
-    metrics = {name: float(test[f"test_{name}"]) for name in METRICS}
-    efficiency = {}
-    if trainer.is_global_zero:
-        efficiency = profile_model(FeatureExtractor(detector), int(cfg.recipe.min_size), cfg.task.profile_batch,
-                                   channels_last=bool(cfg.trainer.channels_last))
-        efficiency.update(params=sum(p.numel() for p in detector.parameters()),
-                          scope="params: whole detector; MACs, latency: backbone + FPN at min_size x min_size")
-    return {"metrics": metrics, "efficiency": efficiency, "backbone": backbone, "upsampler": upsampler,
-            "detector": kind, "mmdet_config": model_cfg, "batch_plan": plan.to_dict(),
-            "steps": int(trainer.global_step), "resumed_from_step": resumed_step, "world_size": trainer.world_size,
-            "precision": str(trainer.precision), "op_metadata": detector.backbone.op_metadata,
-            "hardware": hardware(str(module.device))}
+    kind = detector_name(cfg)
+    backbone, upsampler = cfg.backbone or cfg.recipe.default_backbone, cfg.upsampler or DEFAULT_UPSAMPLER
+
+    def build(plan: BatchPlan) -> TrainingJob:
+        data = DetectionData(cfg, plan.per_device_batch)
+        model_cfg = detector_config(cfg, backbone, upsampler, len(data.class_names))
+        detector = build_detector(model_cfg)
+
+        def profile() -> dict[str, Any]:
+            efficiency = profile_model(FeatureExtractor(detector), int(cfg.recipe.min_size), cfg.task.profile_batch,
+                                       channels_last=bool(cfg.trainer.channels_last))
+            return {**efficiency, "params": sum(p.numel() for p in detector.parameters()),
+                    "scope": "params: whole detector; MACs, latency: backbone + FPN at min_size x min_size"}
+
+        return TrainingJob(DetectionModule(detector, cfg.recipe, plan), data, profile, backbone=backbone,
+                           op_metadata=detector.backbone.op_metadata, gradient_clip_val=cfg.recipe.grad_clip,
+                           fields={"upsampler": upsampler, "detector": kind, "mmdet_config": model_cfg})
+
+    return train_and_test(cfg, run_dir, build)
+
+
+def validate(cfg: DictConfig) -> None:
+    """An unknown detector is a config mistake, reported before any data is generated."""
+    detector_name(cfg)
+
+
+TASK = TaskSpec(
+    name="detection",
+    description="object detection: an mmdet RetinaNet or Faster R-CNN + FPN around a backbone with the operator",
+    run=run,
+    metrics=tuple(Metric(name, unit="%", scale=100, floor=0.0, description=f"COCO {name} (torchmetrics)")
+                  for name in METRICS),
+    primary="mAP",
+    config_dir=Path(__file__).parent / "conf",
+    task_schema=DetectionTaskConfig,
+    data_schema=DetectionDataConfig,
+    recipe_schema=DetectionRecipe,
+    keys=DetectionKeys,
+    upsample_slots=True,
+    default_upsampler=DEFAULT_UPSAMPLER,
+    defaults={"data": "shapes", "recipe": "quick"},
+    baseline={"op": "conv", "upsampler": DEFAULT_UPSAMPLER},
+    model_keys=("detector",),
+    default_model="retinanet resnet18 (recipe.default_backbone)",
+    profiled="params: the whole detector; MACs and latency: backbone + FPN at recipe.min_size squared",
+    validate=validate,
+)

@@ -7,58 +7,55 @@ Missing data raises :class:`DataError` saying where bench looked and how to get 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import datasets
+import lightning as L
+import torch
 from omegaconf import DictConfig
 from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
-from bench.config import ConfigError
-from tasks.scenes import CLASSES, render_scene
+from bench.errors import DataError
+from bench.schema import DataSource
+from tasks.shapes import CLASSES, SPLIT_OFFSETS, cached_view, render_scene
 
 SHAPES_VERSION = 1
 """Bumped whenever the generator's output changes, so stale caches are never reused."""
-SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
-"""Scene indices of each split start here: splits never share a scene."""
 
 
-class DataError(ConfigError):
-    """Data that cannot be found or read, explained for a person (a usage error: exit 2, no record)."""
+@dataclass
+class ClassificationDataConfig(DataSource):
+    """A classification dataset: built-in generator, hub id or local path, and how to read it."""
 
-
-def cache_root() -> Path:
-    """Where generated datasets are cached: $BENCH_CACHE, else ~/.cache/bench."""
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+    hub_id: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
+    val_fraction: float = 0.1
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
 
 
 def shapes(seed: int = 0, size: int = 32, train: int = 10_000, validation: int = 2_000, test: int = 2_000
            ) -> datasets.DatasetDict:
     """The shapes classification view, generated once per (seed, size, split sizes) and cached on disk."""
     counts = {"train": train, "validation": validation, "test": test}
-    path = cache_root() / f"shapes-v{SHAPES_VERSION}-seed{seed}-{size}px-{train}-{validation}-{test}"
-    if path.exists():
-        return datasets.load_from_disk(str(path))
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
-    splits = {}
-    for split, count in counts.items():
-        scenes = (render_scene(seed, SPLIT_OFFSETS[split] + i, size) for i in range(count))
-        images, labels = zip(*((Image.fromarray(s.image), s.label) for s in scenes)) if count else ((), ())
-        splits[split] = datasets.Dataset.from_dict({"image": list(images), "label": list(labels)}, features=features)
-    dataset = datasets.DatasetDict(splits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-shapes-"))
-    try:
-        dataset.save_to_disk(str(tmp))
-        os.replace(tmp, path)  # atomic: a concurrent or interrupted run never sees half a cache
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not path.exists():
-            raise
+
+    def write(folder: Path) -> None:
+        splits = {}
+        for split, count in counts.items():
+            scenes = (render_scene(seed, SPLIT_OFFSETS[split] + i, size) for i in range(count))
+            images, labels = zip(*((Image.fromarray(s.image), s.label) for s in scenes)) if count else ((), ())
+            splits[split] = datasets.Dataset.from_dict({"image": list(images), "label": list(labels)},
+                                                       features=features)
+        datasets.DatasetDict(splits).save_to_disk(str(folder))
+
+    path = cached_view(f"shapes-v{SHAPES_VERSION}-seed{seed}-{size}px-{train}-{validation}-{test}", write)
     return datasets.load_from_disk(str(path))
 
 
@@ -147,3 +144,44 @@ def with_transform(ds: datasets.Dataset, transform: Callable[[Any], Any]) -> dat
     out = ds.with_format(None)
     out.set_transform(apply)
     return out
+
+
+def image_transforms(data: DictConfig, recipe: DictConfig, train: bool) -> v2.Compose:
+    """torchvision v2 pipeline: the recipe's augmentation for training, resize + centre crop for evaluation."""
+    size = int(data.image_size)
+    steps: list[Any] = [v2.PILToTensor()]
+    if train and recipe.random_resized_crop:
+        steps.append(v2.RandomResizedCrop(size, antialias=True))
+    else:
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        if train and recipe.crop_padding:
+            steps.append(v2.RandomCrop(size, padding=int(recipe.crop_padding), padding_mode="reflect"))
+    if train and recipe.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
+    return v2.Compose(steps)
+
+
+class ClassificationData(L.LightningDataModule):
+    """Train/validation/test loaders over a Hugging Face dataset with lazily applied transforms."""
+
+    def __init__(self, cfg: DictConfig, per_device_batch: int) -> None:
+        super().__init__()
+        self.cfg, self.per_device_batch = cfg, per_device_batch
+        self.splits = load_classification(cfg.data, cfg.seed)
+        self.num_classes = num_classes(self.splits)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = with_transform(self.splits[split], image_transforms(self.cfg.data, self.cfg.recipe, train))
+        workers = int(self.cfg.trainer.num_workers)
+        return DataLoader(ds, batch_size=self.per_device_batch if train else int(self.cfg.recipe.eval_batch),
+                          shuffle=train, drop_last=train, num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,202 @@
+"""The task plug-in API: a task declares itself once, as a :class:`TaskSpec`, and every `bench` command reads it.
+
+Tasks are found through the ``bench.tasks`` entry-point group, the built-in ones included (they are
+declared in this project's ``pyproject.toml`` like any plugin's)::
+
+    [project.entry-points."bench.tasks"]
+    mytask = "my_package.task:TASK"     # a TaskSpec, or a module / callable that calls register_task
+
+A spec names the task's metrics (with their direction), its config schemas and YAML folder, the
+top-level keys only it accepts, its leaderboard baseline and what its efficiency figures cover. A
+broken task plugin warns with its name and is skipped; the suite keeps working.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bench.errors import ConfigError, unknown_name_message
+
+GROUP = "bench.tasks"
+BUILTIN = "built-in"
+OWN_DISTRIBUTION = "bench"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported figure: its direction, unit and display scale (a fraction shown in % has scale 100)."""
+
+    name: str
+    higher_is_better: bool = True
+    unit: str = ""
+    scale: float = 1.0
+    floor: float | None = None
+    """Values below this are sentinels for "not measured" (COCO's -1 when a split has no such objects)."""
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        """Column / axis label: ``top1 (%)``, ``rmse (m)``."""
+        return f"{self.name} ({self.unit})" if self.unit else self.name
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+@dataclass
+class TaskResult:
+    """What a task run produced; the runner turns it into the result record."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    efficiency: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] | None = None
+    world_size: int = 1
+    precision: str | None = None
+    backbone: str | None = None
+    op_metadata: dict[str, Any] | None = None
+    batch_plan: dict[str, Any] | None = None
+    steps: int | None = None
+    resumed_from_step: int | None = None
+    """Trained runs only: the optimizer step a resumed run continued from (None: trained from scratch)."""
+    curves: dict[str, list[list[float]]] | None = None
+    """Trained runs only: compact learning curves, ``name -> [[step or epoch, value], ...]``."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """Task-specific record fields (``upsampler``, ``detector``, ``mmdet_config``, ...)."""
+
+    def record_fields(self) -> dict[str, Any]:
+        """The record's top-level fields from this result (provenance fields excluded)."""
+        out: dict[str, Any] = {"metrics": self.metrics, "efficiency": self.efficiency}
+        for name in ("backbone", "op_metadata", "batch_plan", "curves"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.steps is not None:
+            out.update(steps=self.steps, resumed_from_step=self.resumed_from_step)
+        return {**out, **self.fields}
+
+
+TaskFn = Callable[[DictConfig, str], TaskResult]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything `bench` needs to know about a task, declared in the task's own package."""
+
+    name: str
+    description: str
+    run: TaskFn
+    """``run(cfg, run_dir) -> TaskResult``; ``run_dir`` is where the run keeps checkpoints and logs."""
+    metrics: tuple[Metric, ...]
+    primary: str
+    task_schema: type
+    """The dataclass of the ``task`` config; it is the task's config itself where no ``task/<name>.yaml`` exists."""
+    config_dir: Path | None = None
+    """Folder of the task's YAML configs: ``task/<name>.yaml`` (optional), ``data/*.yaml``, ``recipe/*.yaml``."""
+    data_schema: type | None = None
+    recipe_schema: type | None = None
+    keys: type | None = None
+    """A dataclass of the top-level keys only this task accepts (``detector``); other tasks refuse them."""
+    upsample_slots: bool = False
+    """The task's networks upsample learned features: ``upsampler=`` / ``upsampler_kwargs.*`` are accepted."""
+    default_upsampler: str | None = None
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    """Default ``data`` and ``recipe`` choices (``{"data": "shapes", "recipe": "quick"}``)."""
+    baseline: Mapping[str, str] = field(default_factory=lambda: {"op": "conv"})
+    """Leaderboard deltas: the baseline row is the row's configuration with these fields replaced."""
+    model_keys: tuple[str, ...] = ()
+    """Record fields that name the model beside the backbone (``detector``): rows never mix them."""
+    default_model: str = ""
+    profiled: str = ""
+    """What the efficiency figures cover (``backbone + FPN at min_size``)."""
+    cost_plots: bool = True
+    """Plot the primary metric against GMACs and latency (off where the primary metric is a cost)."""
+    validate: Callable[[DictConfig], None] | None = None
+    """Task-specific config checks, raising :class:`ConfigError` before anything runs."""
+    source: str = BUILTIN
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.metrics]
+        if self.primary not in names:
+            raise ValueError(f"task {self.name!r}: primary metric {self.primary!r} is not one of its metrics {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {self.name!r}: metric names repeat: {names}")
+
+    def metric(self, name: str) -> Metric | None:
+        """The declared metric ``name``, or None (a figure the task did not declare)."""
+        return next((m for m in self.metrics if m.name == name), None)
+
+    @property
+    def primary_metric(self) -> Metric:
+        return next(m for m in self.metrics if m.name == self.primary)
+
+    def options(self, group: str) -> list[str]:
+        """Names of this task's ``data`` or ``recipe`` configs (its YAML files)."""
+        folder = self.config_dir / group if self.config_dir is not None else None
+        return sorted(p.stem for p in folder.glob("*.yaml")) if folder is not None and folder.is_dir() else []
+
+
+class TaskPluginWarning(UserWarning):
+    """An installed task plugin could not be loaded."""
+
+
+_TASKS: dict[str, TaskSpec] = {}
+_loaded: set[tuple[str, str]] = set()
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` to the registry; a second task of the same name is refused."""
+    if spec.name in _TASKS and _TASKS[spec.name] is not spec:
+        raise ValueError(f"task {spec.name!r} is already registered (from {_TASKS[spec.name].source})")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def _distribution(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else ep.module
+
+
+def load_tasks() -> None:
+    """Load every not-yet-loaded ``bench.tasks`` entry point; a failing one warns and is skipped."""
+    for ep in entry_points(group=GROUP):
+        key = (ep.name, ep.value)
+        if key in _loaded:
+            continue
+        _loaded.add(key)
+        dist = _distribution(ep)
+        try:
+            target = ep.load()
+            if isinstance(target, TaskSpec):
+                source = BUILTIN if dist == OWN_DISTRIBUTION else dist
+                register_task(target if target.source == source else replace(target, source=source))
+            elif callable(target):
+                target()
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not take the suite down
+            warnings.warn(f"bench task plugin {ep.name!r} ({ep.value}, from distribution {dist!r}) failed to load "
+                          f"and is skipped: {type(err).__name__}: {err}", TaskPluginWarning, stacklevel=2)
+
+
+def list_tasks() -> list[str]:
+    """Registered task names."""
+    load_tasks()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of task ``name``; an unknown name is a :class:`ConfigError` with the available ones."""
+    load_tasks()
+    if name not in _TASKS:
+        raise ConfigError(unknown_name_message("task", name, list(_TASKS)))
+    return _TASKS[name]
+
+
+def find_task(name: str) -> TaskSpec | None:
+    """The spec of task ``name`` if one is registered (records of an uninstalled task have none)."""
+    load_tasks()
+    return _TASKS.get(name)
