@@ -117,7 +117,7 @@ def retain_freed_memory() -> str:
 
     By default glibc maps large blocks fresh and trims the heap after frees, so a CPU forward pays
     page faults for its activations and weight reorders on every call: on a 2-core EPYC, ResNet-50's
-    batch-8 forward took 0.61x-0.93x the time with this policy (batch 1 within noise; benchmarks/malloc_policy.py).
+    batch-8 forward took 0.61x-0.93x the time with this policy (batch 1 within noise; docs/performance.md).
     PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for the same reason. Idempotent; returns
     the policy in force (`malloc_policy`).
     """

@@ -9,6 +9,9 @@ does) in the same rounds, and reports compiled latencies relative to the compile
 Usage: python benchmarks/interleaved_latency.py [--backbone resnet50] [--ops conv,octconv,...]
                                                 [--batch 1 8] [--rounds 5] [--json out.json] [--nchw]
                                                 [--threads N] [--compile] [--device cuda]
+
+The committed runs are in benchmarks/results/ (resnet50_ratios*.json); docs/performance.md gives the
+command behind each. Without --json nothing is written.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ interleaved in one process (same model objects; only the rule changes between ti
 every round), so machine drift cancels.
 
 Usage: python benchmarks/pointwise_gemm.py [--ops conv,octconv] [--rounds 7] [--json out.json]
+
+The committed run is benchmarks/results/pointwise_gemm.json (with --json that path). Rerun it to re-tune
+the thresholds on another CPU or after a torch (oneDNN) upgrade; docs/performance.md has the figures.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class LearningCurve(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self._pending.append(float(loss))
         step = trainer.global_step
-        if step % self._every == 0 and (not self.train_loss or self.train_loss[-1][0] != step):
+        if step and step % self._every == 0 and (not self.train_loss or self.train_loss[-1][0] != step):
             self.train_loss.append([step, sum(self._pending) / len(self._pending)])
             self._pending = []
 
@@ -125,7 +125,8 @@ def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: 
                   gradient_clip_val: float | None = None, callbacks: tuple[Callback, ...] = ()) -> L.Trainer:
     """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``.
 
-    It checkpoints to ``run_dir`` and logs every logged figure to ``run_dir/metrics.csv`` (Lightning's CSV logger).
+    It checkpoints to ``run_dir`` and logs every logged figure at every step with Lightning's CSV logger, one
+    ``run_dir/logs/version_<n>/metrics.csv`` per attempt (a resumed run adds one, never overwrites one).
     """
     t, r = cfg.trainer, cfg.recipe
     # last.ckpt: overwritten every epoch and kept; interrupted.ckpt: written on Ctrl-C or a crash (Lightning
@@ -139,7 +140,7 @@ def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: 
     return L.Trainer(max_epochs=r.epochs, accelerator=t.accelerator, devices=devices, num_nodes=nodes,
                      strategy=t.strategy, precision=t.precision or r.precision, accumulate_grad_batches=accumulate,
                      gradient_clip_val=gradient_clip_val, callbacks=kept,
-                     logger=CSVLogger(run_dir, name="", version="") if progress else False,
+                     logger=CSVLogger(run_dir, name="logs") if progress else False, log_every_n_steps=1,
                      enable_model_summary=False, default_root_dir=run_dir, enable_progress_bar=progress,
                      num_sanity_val_steps=0)
 

@@ -53,7 +53,7 @@ def test_tiny_run_writes_a_complete_record(tmp_path: Path) -> None:
     assert [step for step, _ in record["curves"]["train_loss"]] == [1, 2]  # every step of so short a run
     assert [epoch for epoch, _ in record["curves"]["val_top1"]] == [1]
     assert record["curves"]["val_top1"][0][1] == pytest.approx(record["metrics"]["val_top1"])
-    (log,) = (tmp_path / "runs").glob("classification-*/metrics.csv")  # Lightning's CSV log of the whole run
+    (log,) = (tmp_path / "runs").glob("classification-*/logs/version_0/metrics.csv")  # Lightning's CSV log
     assert "train_loss" in log.read_text().splitlines()[0]
 
 

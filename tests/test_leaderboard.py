@@ -213,3 +213,29 @@ def test_a_record_with_a_broken_baseline_ratio_is_skipped(tmp_path: Path, ratios
     path.write_text(json.dumps(r))
     valid, invalid = collect([folder])
     assert valid == [] and invalid[0][0] == path and "vs_baseline" in invalid[0][1]
+
+
+def test_learning_curves_are_plotted_per_section_and_old_records_without_them_still_render(tmp_path: Path) -> None:
+    folder = tmp_path / "leaderboards" / "results"
+    for op, losses in (("conv", (2.0, 1.0, 0.5)), ("ddf", (2.3, 2.2, 2.1))):
+        for seed in (0, 1):
+            path = record(folder, op, seed, 0.8 if op == "conv" else 0.3)
+            r = json.loads(path.read_text())
+            r["curves"] = {"train_loss": [[10 * (i + 1), loss + 0.1 * seed] for i, loss in enumerate(losses)],
+                           "val_top1": [[1, 0.5], [2, 0.7 if op == "conv" else 0.2]]}
+            path.write_text(json.dumps(r))
+            assert read_record(path)["curves"]["train_loss"][0] == [10, losses[0] + 0.1 * seed]
+    record(folder, "dwconv", 0, 0.6)  # an older record: no curves
+    html = generate([folder], folder.parent).paths[2].read_text()
+    assert html.count("<svg") == 3  # GMACs and latency fronts, then one learning-curve figure
+    r = json.loads(next(folder.glob("classification/*conv-s0*.json")).read_text())
+    r["curves"] = {"train_loss": [[1, "not a number"]]}
+    (folder / "classification" / "broken.json").write_text(json.dumps(r))
+    _, invalid = collect([folder])
+    assert [p.name for p, _ in invalid] == ["broken.json"]
+
+
+def test_mean_curve_averages_seeds_over_their_common_points() -> None:
+    from bench.leaderboard import mean_curve
+
+    assert mean_curve([[[1, 1.0], [2, 3.0]], [[1, 2.0], [2, 5.0], [3, 9.0]]]) == [(1, 1.5), (2, 4.0)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,3 +62,22 @@ def test_same_parameters_and_state_dict_as_a_1x1_conv() -> None:
     m, ref = Pointwise(16, 32, stride=2), torch.nn.Conv2d(16, 32, 1, 2, bias=False)
     assert m.state_dict().keys() == ref.state_dict().keys()
     assert m.weight.shape == ref.weight.shape and m.stride == ref.stride and m.padding == ref.padding
+
+
+def test_the_tuning_script_times_the_live_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/pointwise_gemm.py, kept to re-tune the thresholds, still switches the rule that Pointwise follows."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pointwise_gemm.py"
+    spec = importlib.util.spec_from_file_location("pointwise_gemm", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.RULES["few_positions_or_macs"] == (GEMM_MAX_POSITIONS, GEMM_MAX_MACS)
+    calls: list[tuple[int, ...]] = []
+    linear = F.linear
+    monkeypatch.setattr(conv_module.F, "linear", lambda x, *a: calls.append(tuple(x.shape)) or linear(x, *a))
+    m, x = Pointwise(4, 4), _channels_last(1, 4, 3, 3)
+    with script.gemm_rule(*script.RULES["onednn_only"]):
+        m(x)
+    assert calls == []
+    assert (conv_module.GEMM_MAX_POSITIONS, conv_module.GEMM_MAX_MACS) == (GEMM_MAX_POSITIONS, GEMM_MAX_MACS)
+    m(x)
+    assert calls == [(1, 3, 3, 4)]

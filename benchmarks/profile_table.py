@@ -1,7 +1,9 @@
-"""Render `bench profile backbone=... op=all --json FILE` records as the README's Markdown table.
+"""Render `bench profile backbone=... op=all --json FILE` records as the operator table of docs/performance.md.
 
-Usage: python benchmarks/readme_table.py FILE [--ratios RATIOS] [--readme README.md]
-Prints the table; with --readme, replaces the block between the `<!-- profile-table -->` markers.
+Usage: python benchmarks/profile_table.py FILE [--ratios RATIOS] [--doc docs/performance.md]
+Prints the table; with --doc, replaces the block between the `<!-- profile-table -->` markers of that file.
+The committed table comes from benchmarks/results/resnet50_ops.json (FILE) and
+benchmarks/results/resnet50_ratios.json (RATIOS).
 The eager ratio to `conv` (batch 1 and 8) is the records' own ``vs_baseline`` when they were
 profiled with ``task.baseline=conv`` (interleaved, median over fresh processes); otherwise RATIOS,
 the JSON of benchmarks/interleaved_latency.py (interleaved, one process); otherwise the ratio of the
@@ -75,22 +77,29 @@ def render(records: list[dict], ratios: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def replace_table(doc: Path, table: str) -> None:
+    """Write ``table`` between the profile-table markers of ``doc``, leaving the rest of the file as it is."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{doc} has no {START} ... {END} block to replace")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    doc.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("records", help="JSON list written by bench profile --json")
-    parser.add_argument("--ratios", help="JSON from benchmarks/interleaved_latency.py")
-    parser.add_argument("--readme", help="README to update in place")
+    parser.add_argument("records", help="JSON list written by bench profile --json "
+                        "(committed: benchmarks/results/resnet50_ops.json)")
+    parser.add_argument("--ratios", help="JSON from benchmarks/interleaved_latency.py "
+                        "(committed: benchmarks/results/resnet50_ratios.json)")
+    parser.add_argument("--doc", metavar="FILE", help="Markdown file whose profile-table block to replace in place "
+                        "(the committed one: docs/performance.md)")
     args = parser.parse_args()
     ratios = json.loads(Path(args.ratios).read_text()) if args.ratios else None
     table = render(json.loads(Path(args.records).read_text()), ratios)
     print(table)
-    if args.readme:
-        readme = Path(args.readme)
-        text = readme.read_text()
-        if START not in text:
-            raise SystemExit(f"{readme} has no {START} ... {END} block to replace")
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-        readme.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+    if args.doc:
+        replace_table(Path(args.doc), table)
 
 
 if __name__ == "__main__":
