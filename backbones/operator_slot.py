@@ -20,7 +20,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from operators.registry import OperatorError, create_op, create_upsampler, op_info
+from operators.registry import OperatorError, OpInfo, create_op, create_upsampler, op_info
+
+
+def operator_of_kind(name: str, kind: str, takers: str) -> OpInfo:
+    """The registry entry of ``name``; an operator of another kind is refused, saying who takes which kind."""
+    info = op_info(name)
+    if info.kind != kind:
+        raise OperatorError(f"{takers} take {kind}-kind operators, and {name!r} is {info.kind}-kind "
+                            "(`bench list ops`)")
+    return info
 
 
 class PoolThenOp(nn.Module):
@@ -45,10 +54,7 @@ class SlotFiller:
     stride_fallbacks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.info = op_info(self.op)
-        if self.info.kind != "conv":
-            raise OperatorError(f"{self.network}: operator {self.op!r} is {self.info.kind}-kind; backbones take "
-                                "conv-kind operators (`bench list ops`)")
+        self.info = operator_of_kind(self.op, "conv", f"{self.network}: backbones")
 
     def __call__(self, slot: str, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, depthwise: bool = False) -> nn.Module:
@@ -110,10 +116,7 @@ class UpsampleSlots:
     unguided: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.info = op_info(self.upsampler)
-        if self.info.kind != "upsample":
-            raise OperatorError(f"{self.network}: operator {self.upsampler!r} is {self.info.kind}-kind; upsample "
-                                "slots take upsample-kind operators (`bench list ops`)")
+        self.info = operator_of_kind(self.upsampler, "upsample", f"{self.network}: upsample slots")
 
     def __call__(self, slot: str, channels: int, scale_factor: int = 2, guide_channels: int | None = None
                  ) -> nn.Module:

@@ -317,10 +317,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _svg(fig: Any) -> str:
+def _svg(plt: Any, fig: Any) -> str:
+    """The finished figure as inline SVG (no metadata, so the same data give the same bytes); closes it."""
+    fig.tight_layout()
     out = io.StringIO()
     fig.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
-    fig.clf()
+    plt.close(fig)
     svg = out.getvalue()
     return re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)
 
@@ -367,10 +369,7 @@ def plot_svg(section: tuple[str, str, str], rows: list[Row], cost: str) -> str |
     ax.set_ylabel(f"{primary.label}, {primary.direction}")
     ax.set_title(f"{section[0]} on {section[1]}", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    svg = _svg(fig)
-    plt.close(fig)
-    return svg
+    return _svg(plt, fig)
 
 
 def mean_curve(curves: list[list[list[float]]]) -> list[tuple[float, float]]:
@@ -404,10 +403,7 @@ def curve_svg(section: tuple[str, str, str], rows: list[Row]) -> str | None:
         ax.set_ylabel(name if scale == 1.0 else f"{name} (%)")
         ax.set_title(f"{section[0]} on {section[1]}: {name}", fontsize=9)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    svg = _svg(fig)
-    plt.close(fig)
-    return svg
+    return _svg(plt, fig)
 
 
 SORT_SCRIPT = """

@@ -13,16 +13,16 @@ broken task plugin warns with its name and is skipped; the suite keeps working.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from bench.errors import ConfigError, unknown_name_message
+from bench.plugins import load_entry_points
 
 GROUP = "bench.tasks"
 BUILTIN = "built-in"
@@ -158,28 +158,19 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def _distribution(ep: EntryPoint) -> str:
-    return ep.dist.name if ep.dist is not None else ep.module
+def _register_entry_point(ep: EntryPoint, dist: str) -> None:
+    """A ``bench.tasks`` entry point: a TaskSpec (registered with its distribution as source) or a callable."""
+    target = ep.load()
+    if isinstance(target, TaskSpec):
+        source = BUILTIN if dist == OWN_DISTRIBUTION else dist
+        register_task(target if target.source == source else replace(target, source=source))
+    elif callable(target):
+        target()
 
 
 def load_tasks() -> None:
     """Load every not-yet-loaded ``bench.tasks`` entry point; a failing one warns and is skipped."""
-    for ep in entry_points(group=GROUP):
-        key = (ep.name, ep.value)
-        if key in _loaded:
-            continue
-        _loaded.add(key)
-        dist = _distribution(ep)
-        try:
-            target = ep.load()
-            if isinstance(target, TaskSpec):
-                source = BUILTIN if dist == OWN_DISTRIBUTION else dist
-                register_task(target if target.source == source else replace(target, source=source))
-            elif callable(target):
-                target()
-        except Exception as err:  # noqa: BLE001 - a broken plugin must not take the suite down
-            warnings.warn(f"bench task plugin {ep.name!r} ({ep.value}, from distribution {dist!r}) failed to load "
-                          f"and is skipped: {type(err).__name__}: {err}", TaskPluginWarning, stacklevel=2)
+    load_entry_points(GROUP, _loaded, _register_entry_point, TaskPluginWarning, "task")
 
 
 def list_tasks() -> list[str]:

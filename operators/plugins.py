@@ -11,9 +11,9 @@ Each plugin is loaded once; a broken one only warns, naming the plugin and its d
 
 from __future__ import annotations
 
-import warnings
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 
+from bench.plugins import load_entry_points
 from operators.registry import registering_from
 
 GROUP = "bench.operators"
@@ -24,27 +24,14 @@ class PluginWarning(UserWarning):
     """An installed operator plugin could not be loaded."""
 
 
-def _distribution(ep: EntryPoint) -> str:
-    return ep.dist.name if ep.dist is not None else ep.module
+def _register_entry_point(ep: EntryPoint, dist: str) -> None:
+    """Import (or call) one entry point, attributing what it registers to its distribution."""
+    with registering_from(dist):
+        target = ep.load()
+        if callable(target):
+            target()
 
 
 def load_plugins() -> None:
     """Import every not-yet-loaded ``bench.operators`` entry point, warning on failures."""
-    for ep in entry_points(group=GROUP):
-        key = (ep.name, ep.value)
-        if key in _loaded:
-            continue
-        _loaded.add(key)
-        dist = _distribution(ep)
-        try:
-            with registering_from(dist):
-                target = ep.load()
-                if callable(target):
-                    target()
-        except Exception as err:  # noqa: BLE001 - any plugin failure must not take the suite down
-            warnings.warn(
-                f"bench operator plugin {ep.name!r} ({ep.value}, from distribution {dist!r}) failed to load "
-                f"and is skipped: {type(err).__name__}: {err}",
-                PluginWarning,
-                stacklevel=2,
-            )
+    load_entry_points(GROUP, _loaded, _register_entry_point, PluginWarning, "operator")

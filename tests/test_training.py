@@ -57,7 +57,7 @@ def test_every_upsampler_fills_a_slot_guided_where_it_can_be(upsampler: str) -> 
 
 
 def test_a_conv_operator_is_refused_in_an_upsample_slot() -> None:
-    with pytest.raises(OperatorError, match="upsample slots take upsample-kind operators"):
+    with pytest.raises(OperatorError, match="toy decoder: upsample slots take upsample-kind operators"):
         UpsampleSlots("ddf", network="toy decoder")
 
 
