@@ -56,7 +56,8 @@ def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: b
             errors.print(f"[yellow]skipped[/yellow]: {escape(str(err))}")  # a pairing that cannot be built
             continue
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
-            errors.print(f"[red]job failed[/red]: {escape(f'{type(err).__name__}: {err}')} (recorded as status=failed)")
+            notes = "".join(f" ({note})" for note in getattr(err, "__notes__", []))
+            errors.print(f"[red]job failed[/red]: {escape(f'{type(err).__name__}: {err}{notes}')}")
             failed += 1
             continue
         _print_summary(record, path)
@@ -178,14 +179,16 @@ def _print_tasks() -> None:
     from bench.tasks import get_task, list_tasks
 
     table = Table(title="tasks")
-    for column in ("name", "what", "metrics (primary first)", "own keys", "leaderboard baseline", "source"):
+    for column in ("name", "what", "metrics (primary first)", "own keys", "default model", "profiled",
+                   "leaderboard baseline", "source"):
         table.add_column(column)
     for name in list_tasks():
         spec = get_task(name)
         ordered = sorted(spec.metrics, key=lambda m: m.name != spec.primary)
         metrics = ", ".join(f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in ordered)
         baseline = ", ".join(f"{k}={v}" for k, v in spec.baseline.items())
-        table.add_row(name, spec.description, metrics, ", ".join(task_keys(spec)) or "-", baseline, spec.source)
+        table.add_row(name, spec.description, metrics, ", ".join(task_keys(spec)) or "-", spec.default_model or "-",
+                      spec.profiled or "-", baseline, spec.source)
     console.print(table)
     console.print("↑ higher is better, ↓ lower is better; own keys: top-level keys only that task accepts",
                   highlight=False)

@@ -20,9 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bench.errors import ConfigError, unknown_name_message
 from bench.recipes import OPTIMIZERS
-from bench.schema import register_schemas, task_keys
+from bench.schema import RANGES, out_of_range, register_schemas, task_keys
 from bench.tasks import TaskSpec, get_task, list_tasks
-from operators.registry import OperatorError, list_ops
+from operators.registry import OperatorError, check_kwargs, list_ops
 
 CONFIG_MODULE = "bench.conf"
 OPEN_KEYS = ("op_kwargs", "upsampler_kwargs")
@@ -66,7 +66,8 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
 def _hydra_compose(config_name: str, spec: TaskSpec, lines: list[str]) -> DictConfig:
     """Hydra's compose of ``config_name`` with ``spec``'s config folder on the search path."""
     register_schemas(spec)
-    search = [f"hydra.searchpath=[file://{spec.config_dir.resolve().as_posix()}]"] if spec.config_dir else []
+    folder = spec.config_dir.resolve().as_posix().replace("\\", "\\\\").replace("'", "\\'") if spec.config_dir else None
+    search = [f"hydra.searchpath=['file://{folder}']"] if folder else []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=[*search, *lines])
 
@@ -148,9 +149,12 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
             if key.split(".")[0] in OPEN_KEYS and not o.is_add() and "." in key and key.split(".")[0] in base:
                 lines.append("++" + o.input_line)  # operator kwargs: add or replace freely
                 continue
+            top = o.key_or_group.split(".")[0]
+            if top not in base and (why := _foreign_key(spec, top)):
+                if o.value() is None and "." not in o.key_or_group:
+                    continue  # another task's key set to null (a sweep over tasks): nothing to refuse
+                raise ConfigError(f"{o.input_line.lstrip('+~')}: {why}")
             if not (o.is_add() or o.is_force_add() or o.is_delete()):
-                if key.split(".")[0] not in base and (why := _foreign_key(spec, key.split(".")[0])):
-                    raise ConfigError(f"{o.input_line.lstrip('+~')}: {why}")
                 _check_key(base, key)
             lines.append(o.input_line)
         cfg = _hydra_compose(config_name, spec, group_lines + lines)
@@ -161,14 +165,26 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def _validate(cfg: DictConfig, spec: TaskSpec) -> None:
-    """Checks every task shares (operator, upsampler, optimizer, backbone), then the task's own."""
-    if cfg.op not in (available := list_ops()):
-        raise ConfigError(unknown_name_message("operator", str(cfg.op), available))
+    """Checks every task shares (ranges, operator and its arguments, upsampler, optimizer, backbone), then the task's."""
+    for key, bounds in {**RANGES, **spec.ranges}.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (why := out_of_range(key, value, bounds)):
+            raise ConfigError(why)
+    if cfg.op not in (available := [op for kind in spec.op_kinds for op in list_ops(kind)]):
+        raise ConfigError(unknown_name_message(f"operator for task={spec.name} ({' or '.join(spec.op_kinds)} kind)",
+                                               str(cfg.op), available))
+    if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
+        raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
+    try:
+        check_kwargs(cfg.op, cfg.op_kwargs)
+        if cfg.get("upsampler"):
+            check_kwargs(cfg.upsampler, cfg.upsampler_kwargs)
+    except OperatorError as err:
+        raise ConfigError(f"{err} Set them with op_kwargs.NAME=VALUE (upsampler_kwargs.NAME for the upsampler).") \
+            from None
     if cfg.get("recipe") and cfg.recipe.optimizer not in OPTIMIZERS:
         raise ConfigError(unknown_name_message("optimizer (recipe.optimizer)", str(cfg.recipe.optimizer),
                                                list(OPTIMIZERS)))
-    if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
-        raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     if cfg.get("backbone"):
         from backbones import model_name
 
@@ -176,17 +192,25 @@ def _validate(cfg: DictConfig, spec: TaskSpec) -> None:
             model_name(cfg.backbone)
         except OperatorError as err:
             raise ConfigError(str(err)) from None
+    recipe = cfg.get("recipe") or {}
+    if recipe.get("warmup_iters") and recipe.get("warmup_epochs"):
+        raise ConfigError(f"recipe.warmup_iters={recipe.warmup_iters} and recipe.warmup_epochs={recipe.warmup_epochs} "
+                          "both set the warm-up; set one of them to 0.")
     if spec.validate is not None:
         spec.validate(cfg)
 
 
 def expand_all_ops(overrides: list[str]) -> tuple[list[str], bool]:
-    """Replace ``op=all`` by every operator that fits (conv kind when a backbone is named); True if replaced."""
+    """Replace ``op=all`` by every operator the task takes (conv kind only inside a backbone); True if replaced."""
     if "op=all" not in overrides:
         return overrides, False
-    with_backbone = any(o.startswith("backbone=") and o != "backbone=null" for o in overrides)
-    ops = list_ops("conv" if with_backbone else None)
-    return [f"op={','.join(ops)}" if o == "op=all" else o for o in overrides], True
+    tasks = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
+    names = tasks[-1].split(",") if tasks else [DEFAULT_TASK]  # a sweep over tasks: what every one of them takes
+    kinds = tuple(k for k in ("conv", "upsample") if all(k in get_task(name).op_kinds for name in names))
+    if any(o.startswith("backbone=") and o != "backbone=null" for o in overrides):
+        kinds = ("conv",)
+    ops = [op for kind in kinds for op in list_ops(kind)]
+    return [f"op={','.join(sorted(ops))}" if o == "op=all" else o for o in overrides], True
 
 
 def _explain(err: Exception) -> str:

@@ -5,8 +5,11 @@ from different machines or precisions are never ranked together). One row per (b
 upsampler, recipe) aggregates its seeds: metrics as mean +/- std with the seed count. Everything
 task-specific comes from the task's `TaskSpec`: the metric columns (in its order, shown in its units),
 the primary metric and its direction (rows sorted best first, the Pareto front on the right side), and
-the baseline rule of the deltas. Runs that did not succeed are listed apart; files that are not valid
-records are reported by path with the reason and skipped. The same inputs always give byte-identical outputs.
+the baseline rule of the deltas. A row holds one sample per seed: a copy of a record (same ``run_id``) or a
+repeated run of the same configuration and seed is listed under "Duplicate runs (not averaged)" and the newest
+run (by end time) is kept. Runs that did not succeed are listed apart; files that are not valid records (NaN or
+Infinity, a number given as a string, ...) are reported by path with the reason and skipped. The same inputs
+always give byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +66,36 @@ def task_view(task: str, records: Iterable[dict[str, Any]] = ()) -> TaskView:
     return TaskView(metrics, metrics[0], {"op": "conv"})
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    """A record left out of its row's averages: another record of the same seed was kept instead."""
+
+    path: Path
+    record: dict[str, Any]
+    kept: Path
+    reason: str
+
+
 @dataclass
 class Row:
-    """One (backbone, op, upsampler, recipe) configuration aggregated over its seeds."""
+    """One (backbone, op, upsampler, recipe) configuration aggregated over its seeds, one record per seed."""
 
     key: tuple[str, str, str, str]
     records: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
         return sorted(r["seed"] for _, r in self.records if r.get("seed") is not None)
 
+    def values(self, name: str, floor: float | None = None) -> list[float]:
+        """Figure ``name`` of each record that has it; values below ``floor`` mean "not measured" and are left out."""
+        return [float(v) for _, r in self.records if (v := _figure(r, name)) is not None
+                and (floor is None or v >= floor)]
+
     def metric(self, name: str, floor: float | None = None) -> tuple[float, float] | None:
         """Mean and std over seeds of figure ``name``; values below ``floor`` mean "not measured" and are left out."""
-        values = [float(v) for _, r in self.records if (v := _figure(r, name)) is not None
-                  and (floor is None or v >= floor)]
+        values = self.values(name, floor)
         if not values:
             return None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -109,7 +128,7 @@ def _hardware(record: dict[str, Any]) -> str:
     hw = record["provenance"].get("hardware") or {}
     precision = record["provenance"].get("precision")
     compiled = (record.get("efficiency") or {}).get("compiled")
-    return (hw.get("label", "unknown hardware") + (f", {precision}" if precision else "")
+    return ((hw.get("label") or "unknown hardware") + (f", {precision}" if precision else "")
             + (", torch.compile" if compiled else ""))
 
 
@@ -139,8 +158,51 @@ def _recipe_labels(records: list[tuple[Path, dict]]) -> dict[Path, str]:
     return {path: name[2] + (f"@{protocols[path]}" if len(variants[name]) > 1 else "") for path, name in named.items()}
 
 
+def _finished(record: dict[str, Any]) -> datetime:
+    """When a run ended (``provenance.end_time``, else ``created``); the oldest possible time if neither parses."""
+    for text in (record["provenance"].get("end_time"), record.get("created")):
+        try:
+            when = datetime.fromisoformat(text) if text else None
+        except ValueError:
+            when = None
+        if when is not None:
+            return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _why_duplicate(record: dict[str, Any], kept: dict[str, Any]) -> str:
+    if record["run_id"] == kept["run_id"]:
+        return f"same run_id ({record['run_id']})"
+    mine, theirs = record["provenance"]["config_hash"], kept["provenance"]["config_hash"]
+    if mine and mine == theirs:
+        return f"same configuration (config_hash {mine[:12]}) and seed {record.get('seed')}"
+    return (f"same row and seed {record.get('seed')}, configuration differs "
+            f"(config_hash {mine[:12] or '-'} vs {theirs[:12] or '-'})")
+
+
+def _one_per_seed(row: Row) -> None:
+    """Keep one record per seed in ``row``, the newest run; the others become the row's duplicates.
+
+    Records without a seed are only ever duplicates of copies of themselves (the same ``run_id``).
+    """
+    by_seed: dict[Any, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    for path, r in row.records:
+        by_seed[("seed", r["seed"]) if r.get("seed") is not None else ("run", r["run_id"])].append((path, r))
+    kept = set()
+    for runs in by_seed.values():
+        runs = sorted(sorted(runs, key=lambda run: run[0]), key=lambda run: _finished(run[1]), reverse=True)
+        (kept_path, kept_record), *others = runs  # newest first; ties: the first path
+        kept.add(kept_path)
+        row.duplicates += [Duplicate(path, r, kept_path, _why_duplicate(r, kept_record)) for path, r in others]
+    row.records = [(path, r) for path, r in row.records if path in kept]
+    row.duplicates.sort(key=lambda d: d.path)
+
+
 def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[Row]]:
-    """Successful records by (task, data, hardware), each a list of rows sorted by the primary metric."""
+    """Successful records by (task, data, hardware), each a list of rows sorted by the primary metric.
+
+    Each row keeps one record per seed (see :func:`_one_per_seed`); the rest are in its ``duplicates``.
+    """
     tables: dict[tuple[str, str, str], dict[tuple, Row]] = defaultdict(dict)
     succeeded = [(path, record) for path, record in records if record["status"] == "success"]
     recipes = _recipe_labels(succeeded)
@@ -151,6 +213,9 @@ def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[R
         key = (model, _with_kwargs(record.get("op"), record.get("op_kwargs")),
                _with_kwargs(record.get("upsampler"), record["config"].get("upsampler_kwargs")), recipes[path])
         tables[section].setdefault(key, Row(key)).records.append((path, record))
+    for rows in tables.values():
+        for row in rows.values():
+            _one_per_seed(row)
     out = {}
     for section, rows in sorted(tables.items()):
         primary = task_view(section[0], (r for row in rows.values() for _, r in row.records)).primary
@@ -174,6 +239,23 @@ def _fmt(value: tuple[float, float] | None, n: int, scale: float = 1.0, digits: 
 def section_view(section: tuple[str, str, str], rows: list[Row]) -> TaskView:
     """The task view of a leaderboard section (its task's spec, or what its records show)."""
     return task_view(section[0], (r for row in rows for _, r in row.records))
+
+
+RESUMED_MARK = "*"
+RESUMED_NOTE = ("A seed marked * was resumed from a checkpoint: its result is not bit-identical to an "
+                "uninterrupted run (the data order and random state of the interrupted epoch differ).")
+
+
+def _any_resumed(tables: dict) -> bool:
+    return any(r.get("resumed_from_step") is not None for rows in tables.values() for row in rows
+               for _, r in row.records)
+
+
+def _seeds(row: Row) -> str:
+    """The row's seeds, each resumed run's marked (`RESUMED_MARK`)."""
+    marked = sorted((r["seed"], RESUMED_MARK if r.get("resumed_from_step") is not None else "")
+                    for _, r in row.records if r.get("seed") is not None)
+    return ",".join(f"{seed}{mark}" for seed, mark in marked) or "-"
 
 
 def ranking(view: TaskView) -> str:
@@ -205,7 +287,10 @@ def _command(row: Row) -> str:
     command = row.records[0][1]["provenance"]["command"]
     if len(row.seeds) < 2:
         return command
-    words = [w for w in shlex.split(command) if not w.startswith("seed=")]
+    try:
+        words = [w for w in shlex.split(command) if not w.startswith("seed=")]
+    except ValueError:  # not a shell command line (an edited record): show it as recorded
+        return command
     return shlex.join([*words[:2], "-m", *words[2:], f"seed={','.join(map(str, row.seeds))}"])
 
 
@@ -224,16 +309,18 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     front = {rows[i].key for i in front_rows(view, rows, "GMACs")} if view.cost_plots else set()
     cells = []
     for row in rows:
-        n = len(row.records)
         params, macs = row.efficiency("params"), row.efficiency("macs")
         throughput = row.efficiency("throughput_per_s")
-        cells.append([*row.key, *(_fmt(row.metric(m.name, m.floor), n, m.scale) for m in metrics),
+        # n counts the records that have the figure: a metric a run could not report is not a sample
+        cells.append([*row.key, *(_fmt(row.metric(m.name, m.floor), len(row.values(m.name, m.floor)), m.scale)
+                                  for m in metrics),
                       _delta(view, rows, row),
                       f"{params / 1e6:.2f}" if params else "-", f"{macs / 1e9:.3f}" if macs else "-",
                       *(["yes" if row.key in front else ""] if view.cost_plots else []),
-                      _fmt(row.metric("latency_ms"), n), *([_vs_baseline(row)] if ratios else []),
+                      _fmt(row.metric("latency_ms"), len(row.values("latency_ms"))),
+                      *([_vs_baseline(row)] if ratios else []),
                       f"{throughput:.1f}" if throughput else "-",
-                      ",".join(map(str, row.seeds)) or "-", [_rel(p, link_root) for p, _ in row.records],
+                      _seeds(row), [_rel(p, link_root) for p, _ in row.records],
                       _command(row)])
     return header, cells
 
@@ -249,11 +336,24 @@ def _vs_baseline(row: Row) -> str:
     return " / ".join(f"{m:.2f}x" for m in means) + f" {baselines} (batch {' / '.join(map(str, batches))})"
 
 
+def duplicates(tables: dict) -> list[tuple[tuple[str, str, str], Row, Duplicate]]:
+    """Every record left out of a row as a duplicate run, with its section and row, in section and row order."""
+    return [(section, row, dup) for section, rows in tables.items() for row in rows for dup in row.duplicates]
+
+
+def _seed(record: dict[str, Any]) -> str:
+    return "-" if record.get("seed") is None else str(record["seed"])
+
+
+DUPLICATES_NOTE = ("One sample per configuration and seed: of records with the same seed in a row (copies of one "
+                   "record, or the same configuration run again), the newest run is kept and these are left out.")
+
+
 def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tuple[Path, str]],
                     link_root: Path) -> str:
     lines = ["# Leaderboards", "", "Generated by `bench leaderboard` from the result records; do not edit by hand.",
              "Metrics are mean +/- std over seeds, in the units of their column. Latencies are only comparable within "
-             "a hardware section.", ""]
+             "a hardware section.", *([RESUMED_NOTE] if _any_resumed(tables) else []), ""]
     for section, rows in tables.items():
         task, data, hardware = section
         header, cells = table_rows(section, rows, link_root)
@@ -262,6 +362,17 @@ def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list
         for *values, paths, command in cells:
             links = " ".join(f"[{i + 1}]({p})" for i, p in enumerate(paths))
             lines.append("| " + " | ".join(v.replace("|", "\\|") for v in [*values, links, f"`{command}`"]) + " |")
+        lines.append("")
+    if dups := duplicates(tables):
+        columns = ["task", "data", "hardware", "backbone", "op", "upsampler", "recipe", "seed", "result",
+                   "kept instead", "why"]
+        lines += ["## Duplicate runs (not averaged)", "", DUPLICATES_NOTE, "",
+                  "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        for (task, data, hardware), row, dup in dups:
+            path, kept = _rel(dup.path, link_root), _rel(dup.kept, link_root)
+            cells = [task, data, hardware, *row.key, _seed(dup.record), f"[{path}]({path})",
+                     f"[{kept}]({kept})", dup.reason]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     if failed:
         lines += ["## Failed, diverged or interrupted runs", "", "| status | task | op | backbone | error | result |",
@@ -391,16 +502,17 @@ def curve_svg(section: tuple[str, str, str], rows: list[Row]) -> str | None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
-        scale = view.metric(name.removeprefix("val_")).scale if name != "train_loss" else 1.0
+        metric = view.metric(name) if name in {m.name for m in view.metrics} else view.metric(name.removeprefix("val_"))
+        metric = metric if name != "train_loss" else Metric(name)
         for row in rows:
             curves = [r["curves"][name] for _, r in row.records if (r.get("curves") or {}).get(name)]
             if curves and (points := mean_curve(curves)):
                 xs, ys = zip(*points)
-                ax.plot(xs, [y * scale for y in ys], marker="." if len(xs) < 20 else None, linewidth=1,
+                ax.plot(xs, [y * metric.scale for y in ys], marker="." if len(xs) < 20 else None, linewidth=1,
                         label=f"{row.key[1]} ({row.key[0]}, {row.key[2]})" if row.key[2] != "-" else
                         f"{row.key[1]} ({row.key[0]})")
         ax.set_xlabel("step" if name == "train_loss" else "epoch")
-        ax.set_ylabel(name if scale == 1.0 else f"{name} (%)")
+        ax.set_ylabel(f"{name} ({metric.unit})" if metric.unit else name)
         ax.set_title(f"{section[0]} on {section[1]}: {name}", fontsize=9)
         ax.legend(fontsize=6)
     return _svg(plt, fig)
@@ -425,6 +537,7 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
              "td,th{border:1px solid #ccc;padding:3px 6px}th{cursor:pointer;background:#eee}"
              ".plots{display:flex;gap:1em;flex-wrap:wrap}",
              "</style></head><body><h1>bench leaderboards</h1>",
+             *([f"<p>{html.escape(RESUMED_NOTE)}</p>"] if _any_resumed(tables) else []),
              "<p>Metrics: mean &plusmn; std over seeds. Click a column header to sort. Latencies are comparable "
              "only within a hardware section.</p>"]
     for section, rows in tables.items():
@@ -442,6 +555,16 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
         parts += [svg for svg in (plot_svg(section, rows, "GMACs"), plot_svg(section, rows, "latency"),
                                   curve_svg(section, rows)) if svg]
         parts.append("</div>")
+    if dups := duplicates(tables):
+        parts.append(f"<h2>Duplicate runs (not averaged)</h2><p>{html.escape(DUPLICATES_NOTE)}</p><ul>")
+        for (task, data, hardware), row, dup in dups:
+            path, kept = _rel(dup.path, link_root), _rel(dup.kept, link_root)
+            parts.append(f"<li>{html.escape(f'{task} on {data} ({hardware}): ' + ' '.join(row.key))} "
+                         f"seed {html.escape(_seed(dup.record))}: "
+                         f"<a href='{html.escape(path)}'>{html.escape(path)}</a>, kept "
+                         f"<a href='{html.escape(kept)}'>{html.escape(kept)}</a> instead: "
+                         f"{html.escape(dup.reason)}</li>")
+        parts.append("</ul>")
     if failed:
         parts.append("<h2>Failed, diverged or interrupted runs</h2><ul>")
         parts += [f"<li>{html.escape(r['status'])}: {html.escape(r['task'])} op={html.escape(str(r.get('op')))} "
@@ -464,6 +587,8 @@ class Generated:
     rows: int
     failed: int
     invalid: list[tuple[Path, str]]
+    duplicates: list[Path] = field(default_factory=list)
+    """Records left out of the averages as duplicate runs (listed in the outputs)."""
 
 
 def _write(path: Path, text: str) -> Path:
@@ -483,4 +608,5 @@ def generate(results_dirs: Iterable[Path], out_dir: Path) -> Generated:
     paths = [_write(out_dir / "README.md", render_markdown(tables, failed, invalid, root)),
              _write(out_dir / "results.csv", render_csv(tables, root)),
              _write(out_dir / "index.html", render_html(tables, failed, invalid, root))]
-    return Generated(paths, sum(len(rows) for rows in tables.values()), len(failed), invalid)
+    return Generated(paths, sum(len(rows) for rows in tables.values()), len(failed), invalid,
+                     [dup.path for _, _, dup in duplicates(tables)])

@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass
 
 from omegaconf import DictConfig
 
+from bench.errors import ConfigError
+
 OPTIMIZERS = ("sgd", "adamw")
 """What a recipe's ``optimizer`` may name (SGD with momentum, optionally Nesterov; AdamW)."""
 
 
-class RecipeError(ValueError):
-    """A recipe that cannot be run as specified on this many devices."""
+class RecipeError(ConfigError):
+    """A recipe that cannot be run as specified on this many devices (a usage error: exit 2, before training)."""
 
 
 @dataclass(frozen=True)
@@ -45,5 +47,12 @@ def plan_batches(recipe: DictConfig, world_size: int) -> BatchPlan:
     accumulate = math.ceil(per_rank / cap)
     while per_rank % accumulate:
         accumulate += 1
+    per_device = per_rank // accumulate
+    if 2 * per_device <= min(cap, per_rank) and per_device < per_rank:
+        better = sorted({b * world_size * math.ceil(per_rank / b) for b in range(max(1, cap // 2), cap + 1)})[:3]
+        raise RecipeError(f"recipe {recipe.name}: global batch {total} on {world_size} device(s) is {per_rank} per "
+                          f"device, and with at most {cap} per step (recipe.max_device_batch) the only even split "
+                          f"is {accumulate} accumulated micro-batches of {per_device}, far below the cap. Use a "
+                          f"global batch such as {', '.join(map(str, better))}, or another recipe.max_device_batch.")
     lr = float(recipe.lr) * total / float(recipe.base_batch)
-    return BatchPlan(total, world_size, per_rank // accumulate, accumulate, lr)
+    return BatchPlan(total, world_size, per_device, accumulate, lr)

@@ -7,15 +7,17 @@ leaves a half-written record and never touches records that already exist.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,9 +34,19 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A finite JSON number: no NaN or Infinity, no numeric string, no boolean (the leaderboard does arithmetic on it)."""
+Count = Annotated[int, Field(strict=True, ge=0)]
+"""A non-negative JSON integer: no string, float or boolean."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class Latency(_Open):
-    median: float = Field(ge=0)
-    iqr: float = Field(ge=0)
+    median: Number = Field(ge=0)
+    iqr: Number = Field(ge=0)
     batch: int = Field(ge=1)
 
 
@@ -51,16 +63,21 @@ class BaselineRatios(_Open):
     def _positive_ratios(self) -> BaselineRatios:
         fields = [(self.model_extra or {}).items(), *(run.items() for run in self.per_process or [])]
         for key, value in (item for items in fields for item in items):
-            if not (key.startswith("batch_") and isinstance(value, (int, float)) and value > 0):
+            if not (re.fullmatch(r"batch_[0-9]+", key) and _is_number(value) and value > 0):
                 raise ValueError(f"{key}={value!r}: expected batch_<n> fields holding positive latency ratios")
         return self
 
 
 class Efficiency(_Open):
-    params: Optional[int] = Field(default=None, ge=0)
-    macs: Optional[int] = Field(default=None, ge=0)
+    params: Optional[Count] = None
+    macs: Optional[Count] = None
     latency_ms: Optional[Latency] = None
+    throughput_per_s: Optional[Number] = Field(default=None, ge=0)
     vs_baseline: Optional[BaselineRatios] = None
+
+
+class Hardware(_Open):
+    label: Optional[str] = None
 
 
 class Provenance(_Open):
@@ -71,6 +88,16 @@ class Provenance(_Open):
     versions: dict[str, str]
     config_hash: str
     start_time: str
+    end_time: Optional[str] = None
+    hardware: Optional[Hardware] = None
+    precision: Optional[str] = None
+
+
+class RunConfig(_Open):
+    """The composed configuration of a run; only the parts the leaderboard reads are checked."""
+
+    data: Optional[dict[str, Any]] = None
+    upsampler_kwargs: Optional[dict[str, Any]] = None
 
 
 class ResultRecord(_Open):
@@ -86,33 +113,76 @@ class ResultRecord(_Open):
     recipe: Optional[str]
     seed: Optional[int]
     status: Literal[STATUSES]
-    metrics: dict[str, float]
+    metrics: dict[str, Number]
+    metrics_missing: Optional[dict[str, str]] = None
+    """Metrics a run could not report, ``name -> reason`` (e.g. ``not finite: nan``); never also in ``metrics``."""
     efficiency: Efficiency
-    config: dict[str, Any]
+    config: RunConfig
     provenance: Provenance
-    curves: Optional[dict[str, list[tuple[float, float]]]] = None
+    created: Optional[str] = None
+    upsampler: Optional[str] = None
+    error: Optional[str] = None
+    curves: Optional[dict[str, list[tuple[Number, Number]]]] = None
     """Trained runs: compact learning curves, ``name -> [[step or epoch, value], ...]`` (older records have none)."""
 
+    @model_validator(mode="after")
+    def _missing_means_absent(self) -> ResultRecord:
+        both = sorted(set(self.metrics) & set(self.metrics_missing or {}))
+        if both:
+            raise ValueError(f"metrics {', '.join(both)} are both reported and listed in metrics_missing")
+        return self
 
-def validate_record(record: dict[str, Any], where: str = "record") -> None:
-    """Raise :class:`RecordError` naming ``where`` if ``record`` does not follow :class:`ResultRecord`."""
+
+def _validated(record: dict[str, Any], where: str) -> ResultRecord:
     try:
-        ResultRecord.model_validate(record)
+        return ResultRecord.model_validate(record)
     except ValidationError as err:
         reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
         raise RecordError(f"{where}: not a valid result record ({reasons})") from None
 
 
+def validate_record(record: dict[str, Any], where: str = "record") -> None:
+    """Raise :class:`RecordError` naming ``where`` if ``record`` does not follow :class:`ResultRecord`."""
+    _validated(record, where)
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
-    """Load and validate one result file; a corrupt or invalid file raises :class:`RecordError` with its path."""
+    """Load and validate one result file; a corrupt or invalid file raises :class:`RecordError` with its path.
+
+    Returns the validated data (numbers as the schema types them, curve points as lists, extra fields kept),
+    not the raw JSON: what a caller reads is what was checked.
+    """
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordError(f"{path}: cannot read a JSON record ({err})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{path}: not a valid result record (a JSON object is expected)")
-    validate_record(record, str(path))
-    return record
+    return _validated(record, str(path)).model_dump(mode="json", exclude_unset=True)
+
+
+def _omit_non_finite_metrics(record: dict[str, Any]) -> None:
+    """Move every NaN or infinite metric of ``record`` to ``metrics_missing`` with the reason (in place)."""
+    metrics, missing = record.get("metrics"), record.get("metrics_missing") or {}
+    if not (isinstance(metrics, dict) and isinstance(missing, dict)):
+        return  # not a record: validation says why
+    bad = {name: value for name, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)}
+    if bad:
+        record["metrics"] = {name: value for name, value in metrics.items() if name not in bad}
+        record["metrics_missing"] = {**missing, **{name: f"not finite: {value!r}" for name, value in bad.items()}}
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted location of the first NaN or infinite float in ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where or "(top level)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        if (found := _non_finite(item, f"{where}.{key}" if where else str(key))) is not None:
+            return found
+    return None
+
+
 PACKAGES = ("bench", "torch", "torchvision", "timm", "lightning", "mmcv", "mmdet", "mmengine", "hydra-core")
 
 
@@ -139,8 +209,11 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
     """Where latencies were measured: results from different hardware are never ranked together."""
     from bench.measure import malloc_policy
 
+    # Results are bit-identical only for the same thread count and vector ISA: oneDNN's kernels, and so the
+    # order of float sums, depend on both (README, Results).
     info: dict[str, Any] = {"device": device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads(), "malloc": malloc_policy()}
+                            "torch_threads": torch.get_num_threads(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "malloc": malloc_policy()}
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0
         info["gpu"] = torch.cuda.get_device_name(index)
@@ -192,9 +265,24 @@ def new_record(task: str, config: dict[str, Any], command: str, config_hash: str
     }
 
 
+def follow_umask(path: Path) -> None:
+    """Give ``path`` the permissions a plain file (or folder) gets from the umask; temp-file helpers make it private."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
-    """Validate ``record`` and write it atomically to ``results_dir/<task>/<time>-<op>-s<seed>-<id>.json``."""
+    """Validate ``record`` and write it atomically to ``results_dir/<task>/<time>-<op>-s<seed>-<id>.json``.
+
+    A NaN or infinite metric is never written: it is removed from ``metrics`` and named in ``metrics_missing``
+    with the reason (``record`` is updated in place, so the caller sees what was written). A non-finite number
+    anywhere else is refused with its location: records are strict JSON (no NaN, no Infinity).
+    """
+    _omit_non_finite_metrics(record)
     validate_record(record)
+    if (where := _non_finite(record)) is not None:
+        raise RecordError(f"record: {where} is not a finite number; JSON records hold no NaN or Infinity")
     config = record["config"]
     stamp = record["created"].replace(":", "").replace("-", "")[:15]
     name = f"{stamp}-{config.get('op', 'model')}-s{config.get('seed', 0)}-{record['run_id']}.json"
@@ -203,8 +291,9 @@ def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     path = folder / name
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     try:
+        follow_umask(Path(tmp))  # mkstemp makes it private; a results folder shared by a group must stay readable
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
+            json.dump(record, f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -1,7 +1,8 @@
 """Run one composed config through its task and keep the outcome as a result record.
 
-Checkpoints live in ``runs_dir/<task>-<config hash>``, so rerunning the same configuration with
-``resume=true`` continues it. Only the global rank-zero process writes the record. A run that raises
+Every run keeps its checkpoints and logs in a folder of its own, ``runs_dir/<task>-<config hash>/<run id>``:
+a rerun of the same configuration starts from scratch beside the earlier runs, and ``resume=true``
+continues from the newest checkpoint among them. Only the global rank-zero process writes the record. A run that raises
 is recorded as ``failed`` (``diverged`` for a NaN/Inf loss, ``interrupted`` for Ctrl-C), never as a
 success, and never as a half-written file.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,23 +38,63 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+ENV_READ = re.compile(r"\$\{oc\.env:([^,}]+)")
+"""An interpolation that reads an environment variable (``${oc.env:NAME}``): its value stays out of records."""
+
+
+def record_config(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as records keep it: resolved, except values read from the environment (maybe secrets)."""
+    def keep(raw: Any, resolved: Any) -> Any:
+        if isinstance(raw, dict):
+            return {key: keep(raw[key], resolved[key]) for key in raw}
+        if isinstance(raw, list):
+            return [keep(a, b) for a, b in zip(raw, resolved)]
+        return raw if isinstance(raw, str) and ENV_READ.search(raw) else resolved
+
+    return keep(OmegaConf.to_container(cfg, resolve=False), OmegaConf.to_container(cfg, resolve=True))
+
+
+def redact(text: str, cfg: DictConfig) -> str:
+    """``text`` with every value the config read from the environment replaced by its interpolation."""
+    names = set(ENV_READ.findall(json.dumps(OmegaConf.to_container(cfg, resolve=False), default=str)))
+    for name in sorted(names):
+        if value := os.environ.get(name.strip()):
+            text = text.replace(value, f"${{oc.env:{name.strip()}}}")
+    return text
+
+
 def _status(err: BaseException) -> str:
     if isinstance(err, KeyboardInterrupt):
         return "interrupted"
     return "diverged" if isinstance(err, FloatingPointError) else "failed"
 
 
+def check_writable(results_dir: str) -> None:
+    """Raise :class:`ConfigError` if records cannot be written to ``results_dir`` (checked before any work)."""
+    folder = Path(results_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-writable-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"results_dir={results_dir} cannot hold result records ({err.strerror or err}); "
+                          "point results_dir at a folder you can write to.") from None
+
+
 def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
     """Seed, run ``cfg.task``, and write its record; returns the record and its path (None off rank zero).
 
-    ``command`` is the single-run command line that reproduces this run; it goes into the record.
+    ``command`` is the single-run command line that reproduces this run; it goes into the record. A run
+    that raises is recorded (failed, diverged, interrupted) and the exception gets a note saying where.
     """
+    if rank_zero_only.rank == 0:
+        check_writable(cfg.results_dir)
     task = get_task(cfg.task.name)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = record_config(cfg)
     digest = config_hash(config)
     record = new_record(cfg.task.name, config, command, digest)
-    run_dir = Path(cfg.runs_dir) / f"{cfg.task.name}-{digest[:12]}"
-    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.runs_dir) / f"{cfg.task.name}-{digest[:12]}" / record["run_id"]  # never an earlier run's
+    record["provenance"]["run_dir"] = str(run_dir)
     start = time.perf_counter()
 
     def finish(**fields: Any) -> Path | None:
@@ -61,11 +105,16 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
         return write_record(record, cfg.results_dir) if rank_zero_only.rank == 0 else None
 
     try:
+        torch.manual_seed(cfg.seed)
         outcome = task.run(cfg, str(run_dir))
-    except (ConfigError, OperatorError):
-        raise  # a request that cannot be built (mistake or refused pairing), not a result
+    except (ConfigError, OperatorError) as err:  # a request that cannot be built (mistake, refused pairing)
+        if (safe := redact(str(err), cfg)) != str(err):
+            raise type(err)(safe) from None
+        raise
     except BaseException as err:
-        finish(status=_status(err), error=f"{type(err).__name__}: {err}")
+        path = finish(status=_status(err), error=redact(f"{type(err).__name__}: {err}", cfg))
+        if path is not None:
+            err.add_note(f"recorded as status={record['status']}: {path}")
         raise
     record["provenance"].update(world_size=outcome.world_size, precision=outcome.precision,
                                 hardware=outcome.hardware)

@@ -92,6 +92,32 @@ class RunConfig:
     num_nodes: Optional[int] = None
 
 
+Bounds = tuple[Optional[float], Optional[float]]
+RANGES: dict[str, Bounds] = {
+    "seed": (0, 2**32 - 1),  # what numpy and Lightning's seed_everything accept
+    "devices": (1, None), "num_nodes": (1, None),
+    "trainer.devices": (1, None), "trainer.num_nodes": (1, None), "trainer.num_workers": (0, None),
+    "data.image_size": (1, None), "data.train_size": (0, None), "data.val_size": (0, None), "data.test_size": (0, None),
+    "recipe.global_batch": (1, None), "recipe.max_device_batch": (1, None), "recipe.eval_batch": (1, None),
+    "recipe.base_batch": (1, None), "recipe.epochs": (1, None), "recipe.lr": (0, None),
+    "recipe.weight_decay": (0, None), "recipe.momentum": (0, 1), "recipe.gamma": (0, None),
+    "recipe.warmup_epochs": (0, None), "recipe.warmup_iters": (0, None), "recipe.warmup_ratio": (0, 1),
+}
+"""Bounds (inclusive, None: open) of the keys every task shares; a task adds its own (`TaskSpec.ranges`)."""
+
+
+def out_of_range(key: str, value: float, bounds: Bounds) -> str | None:
+    """Why ``key=value`` is outside ``bounds``, or None when it is inside."""
+    low, high = bounds
+    if (low is None or value >= low) and (high is None or value <= high):
+        return None
+    if high is None:
+        return f"{key}={value} is out of range: it must be at least {low}."
+    if low is None:
+        return f"{key}={value} is out of range: it must be at most {high}."
+    return f"{key}={value} is out of range: it must be between {low} and {high}."
+
+
 @dataclass
 class UpsampleKeys:
     """Top-level keys of a task whose networks have upsample slots (`TaskSpec.upsample_slots`)."""

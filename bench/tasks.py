@@ -72,7 +72,12 @@ class TaskResult:
     """Task-specific record fields (``upsampler``, ``detector``, ``mmdet_config``, ...)."""
 
     def record_fields(self) -> dict[str, Any]:
-        """The record's top-level fields from this result (provenance fields excluded)."""
+        """The record's top-level fields from this result (provenance fields excluded).
+
+        Task-specific ``fields`` may not replace what every record has (its config, status, metrics, ...).
+        """
+        if clash := sorted(set(self.fields) & RESERVED_FIELDS):
+            raise ValueError(f"a task's own record fields may not be named {', '.join(clash)}")
         out: dict[str, Any] = {"metrics": self.metrics, "efficiency": self.efficiency}
         for name in ("backbone", "op_metadata", "batch_plan", "curves"):
             if getattr(self, name) is not None:
@@ -83,6 +88,12 @@ class TaskResult:
 
 
 TaskFn = Callable[[DictConfig, str], TaskResult]
+RESERVED_FIELDS = {"schema_version", "run_id", "task", "op", "op_kwargs", "data", "recipe", "seed", "created",
+                   "status", "error", "metrics", "metrics_missing", "efficiency", "config", "provenance",
+                   "wall_time_s", "backbone", "op_metadata", "batch_plan", "steps", "resumed_from_step", "curves"}
+"""Record fields every run has or the runner sets; `TaskResult.fields` cannot replace them."""
+BASELINE_FIELDS = ("op", "upsampler")
+"""Record fields a leaderboard baseline rule may replace (the row's other fields stay)."""
 
 
 @dataclass(frozen=True)
@@ -105,18 +116,23 @@ class TaskSpec:
     """A dataclass of the top-level keys only this task accepts (``detector``); other tasks refuse them."""
     upsample_slots: bool = False
     """The task's networks upsample learned features: ``upsampler=`` / ``upsampler_kwargs.*`` are accepted."""
-    default_upsampler: str | None = None
     defaults: Mapping[str, str] = field(default_factory=dict)
     """Default ``data`` and ``recipe`` choices (``{"data": "shapes", "recipe": "quick"}``)."""
     baseline: Mapping[str, str] = field(default_factory=lambda: {"op": "conv"})
-    """Leaderboard deltas: the baseline row is the row's configuration with these fields replaced."""
+    """Leaderboard deltas: the baseline row is the row's configuration with these fields replaced
+    (`BASELINE_FIELDS`)."""
+    op_kinds: tuple[str, ...] = ("conv",)
+    """The operator kinds ``op=`` may name; ``op=all`` sweeps them."""
     model_keys: tuple[str, ...] = ()
     """Record fields that name the model beside the backbone (``detector``): rows never mix them."""
     default_model: str = ""
+    """The model a run builds when none is named, for `bench list tasks` (``resnet20``)."""
     profiled: str = ""
     """What the efficiency figures cover (``backbone + FPN at min_size``)."""
     cost_plots: bool = True
     """Plot the primary metric against GMACs and latency (off where the primary metric is a cost)."""
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    """Inclusive bounds (None: open) of the task's own numeric keys, checked before anything runs."""
     validate: Callable[[DictConfig], None] | None = None
     """Task-specific config checks, raising :class:`ConfigError` before anything runs."""
     source: str = BUILTIN
@@ -127,10 +143,9 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r}: primary metric {self.primary!r} is not one of its metrics {names}")
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name!r}: metric names repeat: {names}")
-
-    def metric(self, name: str) -> Metric | None:
-        """The declared metric ``name``, or None (a figure the task did not declare)."""
-        return next((m for m in self.metrics if m.name == name), None)
+        if unknown := sorted(set(self.baseline) - set(BASELINE_FIELDS)):
+            raise ValueError(f"task {self.name!r}: a baseline rule can set {', '.join(BASELINE_FIELDS)}, not "
+                             f"{', '.join(unknown)}")
 
     @property
     def primary_metric(self) -> Metric:
@@ -150,22 +165,31 @@ _TASKS: dict[str, TaskSpec] = {}
 _loaded: set[tuple[str, str]] = set()
 
 
+_source: list[str] = [BUILTIN]
+
+
 def register_task(spec: TaskSpec) -> TaskSpec:
-    """Add ``spec`` to the registry; a second task of the same name is refused."""
-    if spec.name in _TASKS and _TASKS[spec.name] is not spec:
+    """Add ``spec`` to the registry (from the distribution being loaded, if any); a second of one name is refused."""
+    if spec.source != _source[-1]:
+        spec = replace(spec, source=_source[-1])
+    if spec.name in _TASKS and _TASKS[spec.name] != spec:
         raise ValueError(f"task {spec.name!r} is already registered (from {_TASKS[spec.name].source})")
     _TASKS[spec.name] = spec
     return spec
 
 
 def _register_entry_point(ep: EntryPoint, dist: str) -> None:
-    """A ``bench.tasks`` entry point: a TaskSpec (registered with its distribution as source) or a callable."""
-    target = ep.load()
-    if isinstance(target, TaskSpec):
-        source = BUILTIN if dist == OWN_DISTRIBUTION else dist
-        register_task(target if target.source == source else replace(target, source=source))
-    elif callable(target):
-        target()
+    """A ``bench.tasks`` entry point: a TaskSpec, or a module or callable that registers tasks; the tasks it
+    registers get its distribution as their source."""
+    _source.append(BUILTIN if dist == OWN_DISTRIBUTION else dist)
+    try:
+        target = ep.load()
+        if isinstance(target, TaskSpec):
+            register_task(target)
+        elif callable(target):
+            target()
+    finally:
+        _source.pop()
 
 
 def load_tasks() -> None:
@@ -182,6 +206,10 @@ def list_tasks() -> list[str]:
 def get_task(name: str) -> TaskSpec:
     """The spec of task ``name``; an unknown name is a :class:`ConfigError` with the available ones."""
     load_tasks()
+    if not _TASKS:
+        raise ConfigError(f"Unknown task {name!r}: no task is registered at all, so the `bench.tasks` entry points "
+                          "of this installation are missing. Reinstall bench (`make install`, or "
+                          "`pip install -e .` in the checkout).")
     if name not in _TASKS:
         raise ConfigError(unknown_name_message("task", name, list(_TASKS)))
     return _TASKS[name]

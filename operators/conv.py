@@ -47,7 +47,8 @@ class Pointwise(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _prefers_gemm(x, self.stride[0], self.in_channels * self.out_channels):
+        # A trace records one path for every shape, so it takes the general one (the GEMM is a CPU speed-up only).
+        if torch.jit.is_tracing() or not _prefers_gemm(x, self.stride[0], self.in_channels * self.out_channels):
             return super().forward(x)
         if self.stride != (1, 1):
             x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=torch.channels_last)

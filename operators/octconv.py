@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,6 +47,10 @@ def _add_upsampled_(y: Tensor, low: Tensor) -> Tensor:
     """``y += nearest_upsample(low)`` in place; an exact 2x is a broadcast add, with no upsampled copy."""
     n, c, lh, lw = low.shape
     h, w = y.shape[-2:]
+    if torch.jit.is_tracing():  # a trace records one path: the general one, not a branch on this input's sizes
+        return y.add_(F.interpolate(low, size=(h, w), mode="nearest"))
+    if (h, w) == (lh, lw):  # already at y's resolution (the L->H path of a strided octave conv)
+        return y.add_(low)
     if (h, w) == (2 * lh, 2 * lw):  # split each row and column of y in two, and broadcast low over the pairs
         y.view(n, c, lh, 2, lw, 2).add_(low.view(n, c, lh, 1, lw, 1))
         return y
@@ -62,8 +67,11 @@ class OctConv(nn.Module):
 
     H->H conv; H->L 2x2 average pool then conv; L->L conv; L->H conv then nearest x2 (the L->H and
     L->L convs share their input and run as one conv, ``from_low``, whose output is split).
-    Stride 2 average-pools both inputs first. ``alpha_in=0`` takes a plain tensor and
-    ``alpha_out=0`` returns one (the first and last layers of an Oct-network).
+    Stride 2, as the authors' code (facebookresearch/OctConv) does it: X^H is average-pooled before
+    H->H (and once more before H->L), X^L is average-pooled before L->L, and L->H convolves X^L as it
+    is, with no upsampling, since X^L already has the high output's resolution (the two halves of
+    ``from_low`` then read different inputs and run as two convs). ``alpha_in=0`` takes a plain
+    tensor and ``alpha_out=0`` returns one (the first and last layers of an Oct-network).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -92,14 +100,27 @@ class OctConv(nn.Module):
         if self.out_scales[1] == 0:
             self.out_scales = self.out_scales[:1]
 
+    def _low_paths(self, x_l: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(L->H, L->L) outputs before resampling: one fused conv at stride 1, two at stride > 1."""
+        hi_out = self.out_scales[0]
+        lo_out = self.from_low.out_channels - hi_out
+        if self.stride == 1:
+            low_h, low_l = self.from_low(x_l).split([hi_out, lo_out], dim=1)
+            return low_h, (low_l if lo_out else None)
+        conv, w, b = self.from_low, self.from_low.weight, self.from_low.bias
+
+        def rows(inp: Tensor, part: slice) -> Tensor:
+            return F.conv2d(inp, w[part], None if b is None else b[part], 1, conv.padding, conv.dilation)
+
+        low_h = rows(_avg_pool(x_l, self.stride // 2), slice(0, hi_out))  # X^L is at the output's high resolution
+        return low_h, (rows(_avg_pool(x_l, self.stride), slice(hi_out, None)) if lo_out else None)
+
     def forward(self, x: MultiScale) -> MultiScale:
         x_h, x_l = (_as_scales(x, len(self.in_scales)) + [None])[:2]
         x_h = _avg_pool(x_h, self.stride)
         y_h = self.h2h(x_h)
         if self.from_low is not None:
-            x_l = _avg_pool(x_l, self.stride)
-            low_h, low_l = self.from_low(x_l).split([self.out_scales[0], self.from_low.out_channels
-                                                     - self.out_scales[0]], dim=1)
+            low_h, low_l = self._low_paths(x_l)
             _add_upsampled_(y_h, low_h)
         if len(self.out_scales) == 1:
             return y_h
@@ -112,10 +133,20 @@ class OctConv(nn.Module):
         h, w = -(-x_h.shape[2] // self.stride), -(-x_h.shape[3] // self.stride)
         low = (n, 0, -(-h // 2), -(-w // 2))
         total = conv_macs(self.h2h, (n, 0, h, w))
-        if self.stride > 1:  # average pooling: one accumulation per input value
-            total += x_h.numel() + (x_l.numel() if x_l is not None else 0)
+        if self.stride > 1:  # average pooling: one accumulation per input value (X^H; X^L for L->L)
+            total += x_h.numel() + (x_l.numel() if x_l is not None and self.h2l is not None else 0)
         if self.from_low is not None:
-            total += conv_macs(self.from_low, low)
+            hi_out = self.out_scales[0]
+            per_output = conv_macs(self.from_low, low) // self.from_low.out_channels  # MACs per channel at low res
+            total += per_output * (self.from_low.out_channels - hi_out)  # L->L
+            if self.stride == 1:
+                total += per_output * hi_out
+            else:  # L->H at the output's high resolution, from X^L pooled by stride / 2
+                f = self.stride // 2
+                lh, lw = -(-x_l.shape[2] // f), -(-x_l.shape[3] // f)
+                total += conv_macs(self.from_low, (n, 0, lh, lw)) // self.from_low.out_channels * hi_out
+                if f > 1:
+                    total += x_l.numel()
         if self.h2l is not None:
             total += conv_macs(self.h2l, low) + n * self.in_scales[0] * h * w
         return total

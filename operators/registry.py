@@ -8,7 +8,7 @@ it performs, so the suite can check and count operators that generic counters ca
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -146,6 +146,32 @@ def op_info(name: str) -> OpInfo:
     return _REGISTRY[name]
 
 
+FIXED_ARGUMENTS = {"conv": ("in_channels", "out_channels", "kernel_size", "stride"),
+                   "upsample": ("channels", "scale_factor", "guide_channels")}
+"""Constructor arguments the suite passes itself; ``op_kwargs`` / ``upsampler_kwargs`` give the others."""
+
+
+def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise :class:`OperatorError` naming the accepted arguments if operator ``name`` takes none of ``kwargs``."""
+    info = op_info(name)
+    try:
+        parameters = inspect.signature(info.factory).parameters
+    except (TypeError, ValueError):  # a builtin or C factory without a signature: nothing to check here
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in FIXED_ARGUMENTS[info.kind] and p != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    fixed = sorted(set(kwargs) & set(FIXED_ARGUMENTS[info.kind]))
+    if fixed:
+        raise OperatorError(f"operator {name!r}: {', '.join(fixed)} is set by the network or task, not by its "
+                            f"arguments; its own arguments are: {', '.join(accepted) or '(none)'}.")
+    if unknown:
+        raise OperatorError(f"operator {name!r} takes no argument {', '.join(map(repr, unknown))}; its arguments "
+                            f"are: {', '.join(accepted) or '(none)'} (`bench list ops` and its docstring say what "
+                            "they do).")
+
+
 def _tag(module: nn.Module, info: OpInfo) -> nn.Module:
     """Mark ``module`` as an instance of ``info`` so the MAC counter uses the operator's formula."""
     module.bench_op = info.name
@@ -177,6 +203,7 @@ def create_op(
     if in_channels != out_channels and not info.channel_change:
         raise OperatorError(
             f"operator {name!r} preserves channels and cannot map {in_channels} to {out_channels} channels")
+    check_kwargs(name, kwargs)
     module = info.factory(in_channels, out_channels, kernel_size=kernel_size, stride=stride, **kwargs)
     return _tag(module, info)
 
@@ -194,6 +221,7 @@ def create_upsampler(
         raise OperatorError(f"operator {name!r} is {info.kind}-kind; build it with create_op")
     if guide_channels is not None and not info.guide:
         raise OperatorError(f"upsampler {name!r} takes no guidance feature (it declares guide=False)")
+    check_kwargs(name, kwargs)
     module = info.factory(channels, scale_factor=scale_factor, guide_channels=guide_channels, **kwargs)
     return _tag(module, info)
 

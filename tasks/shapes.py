@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.results import follow_umask
+
 SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
 """Split names of every view, and the scene index each split starts at: splits never share a scene."""
 CLASSES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "ellipse", "arrow")
@@ -152,10 +154,11 @@ def cached_view(name: str, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{name}-"))
     try:
+        follow_umask(tmp)  # mkdtemp makes it private; a cache shared by a group follows the umask
         write(tmp)
         os.replace(tmp, path)
-    except OSError:
+    except BaseException as err:  # Ctrl-C or a failing writer too: never leave a half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if not path.exists():
+        if not (isinstance(err, OSError) and path.exists()):  # a concurrent run may have renamed its copy first
             raise
     return path

@@ -9,22 +9,30 @@ The one learning-rate schedule of every recipe is :func:`lr_factor`.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from bench.errors import ConfigError
 from bench.recipes import OPTIMIZERS, BatchPlan, plan_batches
 from bench.results import hardware
 from bench.tasks import TaskResult
 
+CHECKPOINTS = ("interrupted.ckpt", "last.ckpt")
+"""Written in a run's ``checkpoints/`` folder: on Ctrl-C or a crash, and after every epoch."""
 CURVE_POINTS = 50
 """About this many training-loss points per run are kept in the record (the CSV log keeps every logged step)."""
 
@@ -96,7 +104,9 @@ class LearningCurve(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        # Lightning hands back the loss divided by the accumulation; the curve shows the loss itself, over all ranks
+        loss = trainer.strategy.reduce(loss * trainer.accumulate_grad_batches, reduce_op="mean")
         self._pending.append(float(loss))
         step = trainer.global_step
         if step and step % self._every == 0 and (not self.train_loss or self.train_loss[-1][0] != step):
@@ -121,19 +131,41 @@ class LearningCurve(Callback):
         self.train_loss, self.validation = state["train_loss"], state["validation"]
 
 
+class CheckpointOnException(Callback):
+    """Saves ``interrupted.ckpt`` when training stops on an exception or Ctrl-C; removed once the run completes.
+
+    Lightning's own OnExceptionCheckpoint also makes ``fit(ckpt_path=None)`` resume from the last
+    checkpoint, which would silently continue an earlier run; this one only saves.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = str(folder / CHECKPOINTS[0])
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.path = trainer.strategy.broadcast(self.path)  # every process saves where global rank zero does
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        trainer.save_checkpoint(self.path)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if not trainer.interrupted and trainer.state.status.value == "finished":
+            trainer.strategy.remove_checkpoint(self.path)
+
+
 def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: bool = True,
                   gradient_clip_val: float | None = None, callbacks: tuple[Callback, ...] = ()) -> L.Trainer:
     """A Lightning Trainer for the config: devices/strategy from ``trainer``, schedule and precision from ``recipe``.
 
-    It checkpoints to ``run_dir`` and logs every logged figure at every step with Lightning's CSV logger, one
-    ``run_dir/logs/version_<n>/metrics.csv`` per attempt (a resumed run adds one, never overwrites one).
+    It checkpoints to ``run_dir/checkpoints/`` and logs every logged figure at every step with Lightning's CSV
+    logger to ``run_dir/logs/version_0/metrics.csv``.
     """
     t, r = cfg.trainer, cfg.recipe
-    # last.ckpt: overwritten every epoch and kept; interrupted.ckpt: written on Ctrl-C or a crash (Lightning
-    # deletes it once a run completes). resume=true continues from the newer of the two.
-    kept: list[Callback] = [ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1,
+    # last.ckpt: overwritten every epoch and kept; interrupted.ckpt: written on Ctrl-C or a crash, deleted
+    # once the run completes. resume=true continues from the newest of these among the configuration's runs.
+    folder = Path(run_dir) / "checkpoints"
+    kept: list[Callback] = [ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1,
                                             enable_version_counter=False),
-                            OnExceptionCheckpoint(run_dir, filename="interrupted"), *callbacks]
+                            CheckpointOnException(folder), *callbacks]
     if progress:
         kept.append(RichProgressBar())
     devices, nodes = cfg.devices or t.devices, cfg.num_nodes or t.num_nodes
@@ -145,17 +177,36 @@ def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: 
                      num_sanity_val_steps=0)
 
 
+def latest_checkpoint(run_dir: str) -> Path | None:
+    """The newest checkpoint of any earlier run of this configuration (the siblings of ``run_dir``), or None."""
+    found = [p for attempt in Path(run_dir).parent.glob("*") for name in CHECKPOINTS
+             if (p := attempt / "checkpoints" / name).exists()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _say(message: str) -> None:
+    if rank_zero_only.rank == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def fit(cfg: DictConfig, run_dir: str, trainer: L.Trainer, module: L.LightningModule,
         data: L.LightningDataModule) -> int | None:
-    """Train, continuing from the run's newest checkpoint when ``resume=true``; returns the step resumed from."""
-    saved = [p for p in (Path(run_dir) / "interrupted.ckpt", Path(run_dir) / "last.ckpt") if p.exists()]
-    resume_from = str(max(saved, key=lambda p: p.stat().st_mtime)) if cfg.resume and saved else None
-    resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from \
-        else None
+    """Train from scratch, or with ``resume=true`` from the newest checkpoint of this configuration's runs.
+
+    Returns the step resumed from (None: from scratch). Checkpoints are read with ``weights_only=True``:
+    a checkpoint file can hold tensors and plain data, never code that runs when it is loaded.
+    """
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    resumed_step = None
+    if resume_from is not None:
+        resumed_step = int(torch.load(resume_from, map_location="cpu", weights_only=True)["global_step"])
+        _say(f"resuming from {resume_from} (step {resumed_step})")
+    elif cfg.resume:
+        _say("resume=true, but no run of this configuration left a checkpoint: training from scratch")
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     except SystemExit:
-        if trainer.interrupted:  # Lightning saved interrupted.ckpt (OnExceptionCheckpoint) and exits on Ctrl-C
+        if trainer.interrupted:  # Ctrl-C: interrupted.ckpt is saved (CheckpointOnException) and Lightning exits
             raise KeyboardInterrupt("training interrupted; rerun the same command with resume=true") from None
         raise
     return resumed_step
@@ -176,26 +227,61 @@ class TrainingJob:
     gradient_clip_val: float | None = None
 
 
+def require_training_steps(data: L.LightningDataModule, plan: BatchPlan) -> None:
+    """Refuse, as a configuration mistake, a run whose training split cannot fill one global batch (no step)."""
+    samples = len(data.train_dataloader().dataset)
+    if samples < plan.global_batch:
+        raise ConfigError(f"the training split has {samples} samples, fewer than one global batch of "
+                          f"{plan.global_batch} (incomplete batches are dropped), so not one optimizer step would "
+                          "run. Lower recipe.global_batch or train on more data (data.train_size for shapes).")
+
+
+LIGHTNING_NOTICES = ("lightning.pytorch", "lightning.fabric")
+"""Loggers of Lightning's INFO notices (devices found, a logging tip, "fit stopped: max_epochs reached")."""
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's notices a user cannot act on, silenced: its INFO lines and its own pytree deprecation warning.
+
+    Warnings about the run itself (and everything at WARNING and above) still show.
+    """
+    loggers = [logging.getLogger(name) for name in LIGHTNING_NOTICES]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
+
+
 def train_and_test(cfg: DictConfig, run_dir: str, build: Callable[[BatchPlan], TrainingJob],
                    validation_metric: str | None = None) -> TaskResult:
     """Train the job ``build`` makes for this world size on the recipe, test it, profile it: the task's result.
 
     The record's metrics are every ``test_<name>`` the module logs (as ``<name>``), plus
-    ``validation_metric`` (e.g. ``val_top1``) after the last epoch where the task validates.
+    ``validation_metric`` (e.g. ``val_top1``) after the last epoch where the task validates (absent if
+    no validation ran).
     """
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
-    plan = plan_batches(cfg.recipe, probe.world_size)
-    curve = LearningCurve(validation_metric)
-    job = build(plan)
-    trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate, gradient_clip_val=job.gradient_clip_val,
-                            callbacks=(curve,))
-    resumed_step = fit(cfg, run_dir, trainer, job.module, job.data)
-    validated = trainer.callback_metrics.get(validation_metric) if validation_metric else None  # test replaces them
-    (test,) = trainer.test(job.module, datamodule=job.data, verbose=False)
+    with quiet_lightning():
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
+        plan = plan_batches(cfg.recipe, probe.world_size)
+        curve = LearningCurve(validation_metric)
+        job = build(plan)
+        require_training_steps(job.data, plan)
+        trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate, gradient_clip_val=job.gradient_clip_val,
+                                callbacks=(curve,))
+        resumed_step = fit(cfg, run_dir, trainer, job.module, job.data)
+        validated = trainer.callback_metrics.get(validation_metric) if validation_metric else None  # test resets
+        (test,) = trainer.test(job.module, datamodule=job.data, verbose=False)
     metrics = {name.removeprefix("test_"): float(value) for name, value in test.items() if name.startswith("test_")}
-    if validation_metric:
-        metrics[validation_metric] = float("nan") if validated is None else float(validated)
+    if validated is not None:
+        metrics[validation_metric] = float(validated)
     return TaskResult(metrics=metrics, efficiency=job.profile() if trainer.is_global_zero else {},
                       hardware=hardware(str(job.module.device)), world_size=trainer.world_size,
                       precision=str(trainer.precision), backbone=job.backbone, op_metadata=job.op_metadata,

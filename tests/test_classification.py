@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli import main
 
@@ -53,7 +54,7 @@ def test_tiny_run_writes_a_complete_record(tmp_path: Path) -> None:
     assert [step for step, _ in record["curves"]["train_loss"]] == [1, 2]  # every step of so short a run
     assert [epoch for epoch, _ in record["curves"]["val_top1"]] == [1]
     assert record["curves"]["val_top1"][0][1] == pytest.approx(record["metrics"]["val_top1"])
-    (log,) = (tmp_path / "runs").glob("classification-*/logs/version_0/metrics.csv")  # Lightning's CSV log
+    (log,) = (tmp_path / "runs").glob("classification-*/*/logs/version_0/metrics.csv")  # Lightning's CSV log
     assert "train_loss" in log.read_text().splitlines()[0]
 
 
@@ -79,10 +80,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     args = [*TINY, "recipe.epochs=30", "data.train_size=128"]
     proc = bench(tmp_path, *args, start_new_session=True)
     deadline = time.monotonic() + 300
-    checkpoints = list((tmp_path / "runs").glob("classification-*/last.ckpt"))
+    checkpoints = list((tmp_path / "runs").glob("classification-*/*/checkpoints/last.ckpt"))
     while not checkpoints and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        checkpoints = list((tmp_path / "runs").glob("classification-*/last.ckpt"))
+        checkpoints = list((tmp_path / "runs").glob("classification-*/*/checkpoints/last.ckpt"))
     assert checkpoints, "no checkpoint appeared"
     os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
@@ -98,5 +99,44 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     steps = [step for step, _ in final["curves"]["train_loss"]]
     assert steps == list(range(2, 121, 2))  # the curve kept its part from before the interruption
     assert [epoch for epoch, _ in final["curves"]["val_top1"]] == list(range(1, 31))
-    run_dir = checkpoints[0].parent
-    assert (run_dir / "last.ckpt").exists() and not (run_dir / "interrupted.ckpt").exists()
+    assert (checkpoints[0].parent / "interrupted.ckpt").exists()  # the interrupted run keeps what it saved
+    resumed = Path(final["provenance"]["run_dir"]) / "checkpoints"
+    assert resumed.parent.parent == checkpoints[0].parent.parent.parent and resumed != checkpoints[0].parent
+    assert (resumed / "last.ckpt").exists() and not (resumed / "interrupted.ckpt").exists()
+    assert f"resuming from {checkpoints[0].parent / 'interrupted.ckpt'} (step {final['resumed_from_step']})" in out
+
+
+def test_a_plain_rerun_trains_from_scratch_beside_the_earlier_run(tmp_path: Path) -> None:
+    args = [*TINY, f"results_dir={tmp_path}/r", f"runs_dir={tmp_path}/runs"]
+    assert main(["run", *args]) == 0
+    assert main(["run", *args]) == 0
+    first, second = records(tmp_path / "r")
+    assert first["resumed_from_step"] is None and second["resumed_from_step"] is None
+    assert second["steps"] == first["steps"] == 2 and second["metrics"]["val_top1"] == second["metrics"]["val_top1"]
+    assert second["metrics"] == first["metrics"]  # the same configuration and seed, trained again
+    folders = {Path(r["provenance"]["run_dir"]) for r in (first, second)}
+    assert len(folders) == 2 and all((f / "checkpoints" / "last.ckpt").exists() for f in folders)
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path: Path) -> None:
+    """A crafted last.ckpt in the configuration's folder must not execute anything when resume=true reads it."""
+    args = [*TINY, f"results_dir={tmp_path}/r", f"runs_dir={tmp_path}/runs"]
+    assert main(["run", *args]) == 0
+    (record,) = records(tmp_path / "r")
+    marker = tmp_path / "payload-ran"
+    crafted = Path(record["provenance"]["run_dir"]).parent / "crafted" / "checkpoints" / "last.ckpt"
+    crafted.parent.mkdir(parents=True)
+    torch.save({"global_step": Payload(str(marker))}, crafted)
+    assert main(["run", *args, "resume=true"]) == 1  # refused to unpickle: recorded as failed, not executed
+    assert not marker.exists()
+    assert "weights_only" in records(tmp_path / "r")[-1]["error"] or "Unsupported" in records(tmp_path / "r")[-1]["error"]
+
+
+class Payload:
+    """Pickles to a call of ``pathlib.Path.touch``: loading it with weights_only=False would create the marker."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))

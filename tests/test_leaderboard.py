@@ -239,3 +239,74 @@ def test_mean_curve_averages_seeds_over_their_common_points() -> None:
     from bench.leaderboard import mean_curve
 
     assert mean_curve([[[1, 1.0], [2, 3.0]], [[1, 2.0], [2, 5.0], [3, 9.0]]]) == [(1, 1.5), (2, 4.0)]
+
+
+def edit(path: Path, change) -> Path:
+    """Rewrite record ``path`` with ``change`` applied to its raw JSON (Python's json writes NaN and Infinity)."""
+    r = json.loads(path.read_text())
+    change(r)
+    path.write_text(json.dumps(r))
+    return path
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: r["metrics"].update(top1=float("nan")),
+    lambda r: r["metrics"].update(top1=float("inf")),
+    lambda r: r["metrics"].update(top1="0.9"),
+    lambda r: r["metrics"].update(top5=float("-inf")),
+    lambda r: r["efficiency"].update(params="272474"),
+    lambda r: r["efficiency"].update(macs="40000000"),
+    lambda r: r["efficiency"].update(throughput_per_s="1000"),
+    lambda r: r["efficiency"]["latency_ms"].update(median="3.0"),
+    lambda r: r["efficiency"]["latency_ms"].update(iqr=float("inf")),
+    lambda r: r["provenance"].update(hardware="CPU A"),
+    lambda r: r.update(curves={"train_loss": [[1, float("nan")]]}),
+])
+def test_a_record_with_a_non_finite_or_string_figure_is_skipped_not_a_crash(results: Path, change,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    bad = edit(record(results, "conv", 3, 0.9), change)
+    assert main(["leaderboard", "--out", str(results.parent)]) == 0
+    assert "1 skipped files" in capsys.readouterr().out
+    md = (results.parent / "README.md").read_text()
+    skipped = md.split("## Skipped files")[1]
+    assert bad.name in skipped and "not a valid result record" in skipped
+    assert "82.00 +/- 2.00 (n=3)" in md  # the valid conv records, without the broken one
+    assert bad.name in (results.parent / "index.html").read_text().split("<h2>Skipped files</h2>")[1]
+
+
+def test_duplicate_runs_are_listed_and_not_averaged(results: Path) -> None:
+    folder = results / "classification"
+    original = next(folder.glob("*-conv-s0-*.json"))
+    copy = folder / ("z-copy-" + original.name)
+    shutil.copy(original, copy)  # the same record twice: same run_id
+    older = next(folder.glob("*-conv-s1-*.json"))
+    edit(older, lambda r: r["provenance"].update(end_time="2026-01-01T00:00:00+00:00"))
+    rerun = edit(record(results, "conv", 1, 0.86),  # the same configuration and seed run again, later
+                 lambda r: r["provenance"].update(end_time="2026-01-02T00:00:00+00:00"))
+    made = generate([results], results.parent)
+    md = (results.parent / "README.md").read_text()
+    conv_line = next(line for line in md.split("Hardware: CPU A")[1].splitlines() if "| conv |" in line)
+    assert "83.33 +/- 3.06 (n=3)" in conv_line and "| 0,1,2 |" in conv_line  # 0.80, 0.86 (newest seed 1), 0.84
+    assert "seed=0,1,2`" in conv_line and conv_line.count("](results/") == 3
+    dups = md.split("## Duplicate runs (not averaged)")[1].split("## ")[0]
+    rel = lambda p: p.relative_to(results.parent).as_posix()  # noqa: E731
+    copy_line = next(line for line in dups.splitlines() if rel(copy) in line)
+    assert f"[{rel(original)}]" in copy_line and "same run_id" in copy_line
+    older_line = next(line for line in dups.splitlines() if rel(older) in line)
+    assert f"[{rel(rerun)}]" in older_line and "same configuration (config_hash hhhhhhhhhhhh) and seed 1" in older_line
+    assert len([line for line in dups.splitlines() if line.startswith("| classification")]) == 2
+    page = (results.parent / "index.html").read_text().split("<h2>Duplicate runs (not averaged)</h2>")[1]
+    assert rel(copy) in page and rel(older) in page and "same run_id" in page
+    assert sorted(made.duplicates) == sorted([copy, older])
+    csv = (results.parent / "results.csv").read_text()
+    assert rel(copy) not in csv and rel(older) not in csv and csv.count(",conv,") == 2 * (3 + 1)  # + GPU B
+    again = {p.name: p.read_bytes() for p in generate([results], results.parent).paths}
+    assert again == {p.name: p.read_bytes() for p in made.paths}
+
+
+def test_a_metric_a_run_could_not_report_is_not_counted_as_a_sample(results: Path) -> None:
+    path = next((results / "classification").glob("*-ddf-s1-*.json"))
+    edit(path, lambda r: (r["metrics"].pop("top5"), r.update(metrics_missing={"top5": "not finite: nan"})))
+    generate([results], results.parent)
+    ddf_line = next(line for line in (results.parent / "README.md").read_text().splitlines() if "| ddf |" in line)
+    assert "| 87.00 +/- 1.41 (n=2) | 99.00 |" in ddf_line  # top-5 from the one seed that has it

@@ -116,3 +116,48 @@ def test_in_place_sums_equal_the_paper_formula_forward_and_backward(size: int, l
     ref_grads = torch.autograd.grad(sum(r.square().sum() for r in refs), [x_h, x_l, *m.parameters()])
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-4)
+
+
+def test_strided_low_to_high_reads_the_low_input_unpooled() -> None:
+    """Stride 2 (the authors' code): L->H convolves X^L as it is, at the output's high resolution, no upsampling."""
+    m = create_op("octconv", 4, 4, kernel_size=1, stride=2)
+    x_h, x_l = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 4, 4)
+    _zero_except(m, "from_low", rows=slice(0, 2))  # L->H only
+    y_h, y_l = m((x_h, x_l))
+    assert torch.equal(y_h, x_l) and torch.equal(y_l, torch.zeros_like(y_l))
+    _zero_except(m, "from_low", rows=slice(2, 4))  # L->L only: X^L pooled
+    assert torch.allclose(m((x_h, x_l))[1], F.avg_pool2d(x_l, 2))
+    _zero_except(m, "h2h")
+    assert torch.allclose(m((x_h, x_l))[0], F.avg_pool2d(x_h, 2))
+    _zero_except(m, "h2l")
+    assert torch.allclose(m((x_h, x_l))[1], F.avg_pool2d(x_h, 4))
+
+
+@pytest.mark.parametrize("size", [14, 7])
+def test_strided_mac_formula_is_the_counted_convs_plus_pooling(size: int) -> None:
+    m = create_op("octconv", 64, 128, stride=2)
+    x = (torch.randn(1, 32, size, size), torch.randn(1, 32, (size + 1) // 2, (size + 1) // 2))
+    out = -(-size // 2)
+    pooling = x[0].numel() + x[1].numel() + 32 * out * out  # X^H and X^L by the stride, X^H once more for H->L
+    assert m.macs(x) == counter_macs(m, x) + pooling
+
+
+def test_oct_resnet50_macs_match_the_paper() -> None:
+    """The paper: 2.4 GFLOPs (MACs) for Oct-ResNet-50 at alpha 0.5 against 4.1 for ResNet-50, at 224x224.
+
+    The authors' conversion (stage 4 plain from its first 1x1 conv on; strided L->H on unpooled X^L)
+    counts 2.367 of 4.089 GMACs, as d-li14/octconv.pytorch reports (benchmarks/octconv_macs.py).
+    """
+    import timm
+
+    import backbones  # noqa: F401
+
+    x = torch.randn(1, 3, 224, 224)
+    oct_r50 = timm.create_model("op_resnet50", op="octconv").eval()
+    r50 = counter_macs(timm.create_model("op_resnet50", op="conv").eval(), x)
+    oct_macs = counter_macs(oct_r50, x)
+    assert (round(r50 / 1e9, 1), round(oct_macs / 1e9, 1)) == (4.1, 2.4)
+    assert (r50, oct_macs) == (4_089_184_256, 2_367_143_936)
+    stage4 = oct_r50.layer4[0]
+    assert [c.out_scales for c in stage4.convs] == [[512], [512], [2048]]  # plain from the first 1x1 conv on
+    assert stage4.convs[0].in_scales == [512, 512] and stage4.downsample[0].in_scales == [512, 512]

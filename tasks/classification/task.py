@@ -115,4 +115,5 @@ TASK = TaskSpec(
     defaults={"data": "shapes", "recipe": "quick"},
     default_model="resnet20",
     profiled="the whole trained network at data.image_size",
+    ranges={"task.profile_batch": (1, None), "recipe.label_smoothing": (0, 1), "recipe.crop_padding": (0, None)},
 )

@@ -191,7 +191,7 @@ class DetectionData(L.LightningDataModule):
         self.test_set = CocoDetection(*split_paths(cfg.data, cfg.data.test_split),
                                       detection_transforms(cfg.recipe, train=False))
         if not len(self.train_set):
-            raise ConfigError(f"data={cfg.data.name}: split {cfg.data.train_split!r} has no image with a box to train on")
+            raise DataError(f"data={cfg.data.name}: split {cfg.data.train_split!r} has no image with a box to train on")
         self.class_names = self.train_set.class_names
 
     def _loader(self, dataset: CocoDetection, batch: int, train: bool) -> DataLoader:

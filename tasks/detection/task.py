@@ -223,7 +223,8 @@ def run(cfg: DictConfig, run_dir: str) -> TaskResult:
                     "scope": "params: whole detector; MACs, latency: backbone + FPN at min_size x min_size"}
 
         return TrainingJob(DetectionModule(detector, cfg.recipe, plan), data, profile, backbone=backbone,
-                           op_metadata=detector.backbone.op_metadata, gradient_clip_val=cfg.recipe.grad_clip,
+                           op_metadata={**detector.backbone.op_metadata, **detector.neck.upsample_metadata},
+                           gradient_clip_val=cfg.recipe.grad_clip,
                            fields={"upsampler": upsampler, "detector": kind, "mmdet_config": model_cfg})
 
     return train_and_test(cfg, run_dir, build)
@@ -247,11 +248,12 @@ TASK = TaskSpec(
     recipe_schema=DetectionRecipe,
     keys=DetectionKeys,
     upsample_slots=True,
-    default_upsampler=DEFAULT_UPSAMPLER,
     defaults={"data": "shapes", "recipe": "quick"},
     baseline={"op": "conv", "upsampler": DEFAULT_UPSAMPLER},
     model_keys=("detector",),
-    default_model="retinanet resnet18 (recipe.default_backbone)",
+    default_model="retinanet + recipe.default_backbone (resnet18 in quick, resnet50 in coco_1x)",
     profiled="params: the whole detector; MACs and latency: backbone + FPN at recipe.min_size squared",
+    ranges={"task.profile_batch": (1, None), "recipe.fpn_channels": (1, None), "recipe.head_convs": (0, None),
+            "recipe.min_size": (1, None), "recipe.max_size": (1, None), "recipe.grad_clip": (0, None)},
     validate=validate,
 )

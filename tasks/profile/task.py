@@ -205,5 +205,10 @@ TASK = TaskSpec(
     task_schema=ProfileTaskConfig,
     profiled="the bare operator at task.batch x task.channels x task.size^2, or the backbone at its input size",
     cost_plots=False,
+    op_kinds=("conv", "upsample"),
+    default_model="the bare operator (backbone=null)",
+    ranges={"task.batch": (1, None), "task.channels": (1, None), "task.out_channels": (1, None),
+            "task.size": (1, None), "task.kernel_size": (1, None), "task.stride": (1, None), "task.warmup": (0, None),
+            "task.iters": (1, None)},
     validate=validate,
 )
