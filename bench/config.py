@@ -22,7 +22,7 @@ from bench.errors import ConfigError, unknown_name_message
 from bench.recipes import OPTIMIZERS
 from bench.schema import RANGES, out_of_range, register_schemas, task_keys
 from bench.tasks import TaskSpec, get_task, list_tasks
-from operators.registry import OperatorError, check_kwargs, list_ops
+from operators.registry import OperatorError, check_kwargs, list_ops, op_info
 
 CONFIG_MODULE = "bench.conf"
 OPEN_KEYS = ("op_kwargs", "upsampler_kwargs")
@@ -170,9 +170,11 @@ def _validate(cfg: DictConfig, spec: TaskSpec) -> None:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and (why := out_of_range(key, value, bounds)):
             raise ConfigError(why)
-    if cfg.op not in (available := [op for kind in spec.op_kinds for op in list_ops(kind)]):
-        raise ConfigError(unknown_name_message(f"operator for task={spec.name} ({' or '.join(spec.op_kinds)} kind)",
-                                               str(cfg.op), available))
+    if cfg.op not in list_ops():
+        raise ConfigError(unknown_name_message("operator", str(cfg.op), list_ops()))
+    if (kind := op_info(cfg.op).kind) not in spec.op_kinds:
+        raise ConfigError(f"op={cfg.op} is {kind}-kind; task={spec.name} takes {' or '.join(spec.op_kinds)}-kind "
+                          f"operators: {', '.join(op for k in spec.op_kinds for op in list_ops(k))}.")
     if cfg.get("upsampler") and cfg.upsampler not in (upsamplers := list_ops("upsample")):
         raise ConfigError(unknown_name_message("upsampler", str(cfg.upsampler), upsamplers))
     try:

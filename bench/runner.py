@@ -94,7 +94,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
     digest = config_hash(config)
     record = new_record(cfg.task.name, config, command, digest)
     run_dir = Path(cfg.runs_dir) / f"{cfg.task.name}-{digest[:12]}" / record["run_id"]  # never an earlier run's
-    record["provenance"]["run_dir"] = str(run_dir)
+    record["provenance"]["run_dir"] = redact(str(run_dir), cfg)
     start = time.perf_counter()
 
     def finish(**fields: Any) -> Path | None:

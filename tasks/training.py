@@ -145,7 +145,8 @@ class CheckpointOnException(Callback):
         self.path = trainer.strategy.broadcast(self.path)  # every process saves where global rank zero does
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        trainer.save_checkpoint(self.path)
+        if not isinstance(exception, ConfigError):  # a mistake (bad data met mid-run) is no state to resume from
+            trainer.save_checkpoint(self.path)
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if not trainer.interrupted and trainer.state.status.value == "finished":

@@ -26,6 +26,13 @@ def restore_registry() -> Iterator[None]:
 
 
 @pytest.fixture
+def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh cache for generated datasets (``$BENCH_CACHE``), so tests never share or reuse one."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
 def restore_tasks() -> Iterator[None]:
     """Undo tasks registered (or task plugins loaded) by a test."""
     before, loaded = dict(tasks._TASKS), set(tasks._loaded)

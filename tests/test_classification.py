@@ -19,10 +19,7 @@ TINY = ["task=classification", "recipe.epochs=1", "data.train_size=64", "data.va
         "data.image_size=16", "recipe.global_batch=32", "recipe.eval_batch=32", "task.profile_batch=4"]
 
 
-@pytest.fixture(autouse=True)
-def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("bench_cache")  # generated data goes to a fresh cache
 
 
 def records(results: Path) -> list[dict]:

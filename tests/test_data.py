@@ -19,10 +19,7 @@ from tasks.classification.data import ClassificationData, load_classification, s
 from tasks.shapes import CLASSES, render_scene
 
 
-@pytest.fixture(autouse=True)
-def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("bench_cache")  # generated data goes to a fresh cache
 
 
 def data_cfg(name: str, **overrides: object):

@@ -26,10 +26,7 @@ TINY = ["task=detection", "data.image_size=64", "data.train_size=8", "data.val_s
 CONV_OPS = ("conv", "dwconv", "octconv", "ddf", "scconv", "sru", "cru")
 
 
-@pytest.fixture(autouse=True)
-def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("bench_cache")  # generated data goes to a fresh cache
 
 
 def forward_loss_predict(overrides: list[str]) -> None:
