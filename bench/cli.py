@@ -221,7 +221,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     made = generate([d for d in dirs if d.is_dir()], out)
     for path, reason in made.invalid:
         errors.print(f"[yellow]skipped[/yellow] {escape(reason)}")
-    console.print(f"{made.rows} rows, {made.failed} failed runs, {len(made.invalid)} skipped files", highlight=False)
+    console.print(f"{made.rows} rows, {made.failed} failed runs, {len(made.invalid)} skipped files, "
+                  f"{len(made.duplicates)} duplicate runs not averaged", highlight=False)
     for path in made.paths:
         console.print(f"wrote {path}", markup=False, highlight=False)
     return 0

@@ -310,3 +310,18 @@ def test_a_metric_a_run_could_not_report_is_not_counted_as_a_sample(results: Pat
     generate([results], results.parent)
     ddf_line = next(line for line in (results.parent / "README.md").read_text().splitlines() if "| ddf |" in line)
     assert "| 87.00 +/- 1.41 (n=2) | 99.00 |" in ddf_line  # top-5 from the one seed that has it
+
+
+def test_resumed_runs_are_marked_as_not_bit_reproducible(tmp_path: Path) -> None:
+    folder = tmp_path / "leaderboards" / "results"
+    for seed in (0, 1):
+        path = record(folder, "conv", seed, 0.8)
+        r = json.loads(path.read_text())
+        r["resumed_from_step"] = 40 if seed == 1 else None
+        path.write_text(json.dumps(r))
+    md = (generate([folder], folder.parent).paths[0]).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| resnet20 | conv"))
+    assert "| 0,1* |" in row and "A seed marked * was resumed from a checkpoint" in md
+    clean = tmp_path / "clean" / "results"
+    record(clean, "conv", 0, 0.8)
+    assert "resumed from a checkpoint" not in generate([clean], clean.parent).paths[0].read_text()
