@@ -48,8 +48,7 @@ class MobileNetV2(StagedNet):
     """MobileNetV2 with width multiplier; channels rounded to multiples of 8 as in the paper's code."""
 
     def __init__(self, width: float = 1.0, op: str = "conv", op_kwargs: Mapping[str, Any] | None = None,
-                 num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.2,
-                 **unused: Any) -> None:
+                 num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.2) -> None:
         super().__init__()
         fill = SlotFiller(op, op_kwargs or {}, network="op_mobilenetv2")
         cin = make_divisible(32 * width, 8)

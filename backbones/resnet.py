@@ -147,7 +147,7 @@ class ResNet(ClassifierHead, nn.Module):
 
     def __init__(self, block: str, layers: Sequence[int], op: str = "conv", op_kwargs: Mapping[str, Any] | None = None,
                  num_classes: int = 1000, in_chans: int = 3, cifar_stem: bool = False, alpha: float = 0.5,
-                 global_pool: str = "avg", drop_rate: float = 0.0, name: str = "resnet", **unused: Any) -> None:
+                 global_pool: str = "avg", drop_rate: float = 0.0, name: str = "resnet") -> None:
         super().__init__()
         bottleneck = block == "bottleneck"
         block_cls = Bottleneck if bottleneck else BasicBlock
@@ -193,6 +193,15 @@ class ResNet(ClassifierHead, nn.Module):
         self.reset_classifier(num_classes, global_pool)
         self.op_metadata = {**fill.metadata(), "octave_alpha": alpha if octave else None}
         self._init_weights()
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Also replace the stages after the last feature taken by Identity, as timm does: unused parameters
+        would get no gradient (DDP then fails without find_unused_parameters)."""
+        take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        for s in range(max(take) + 1, self.num_stages + 1):
+            setattr(self, f"layer{s}", nn.Identity())
+        return take
 
     def _init_weights(self) -> None:
         """torchvision's init for the network's own layers; operators keep the init their paper specifies."""

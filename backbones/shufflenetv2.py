@@ -66,8 +66,7 @@ class ShuffleNetV2(StagedNet):
 
     def __init__(self, widths: Sequence[int | None], kernel_size: int = 3, repeats: Sequence[int] = (4, 8, 4),
                  op: str = "conv", op_kwargs: Mapping[str, Any] | None = None, num_classes: int = 1000,
-                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0, name: str = "shufflenetv2",
-                 **unused: Any) -> None:
+                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0, name: str = "shufflenetv2") -> None:
         super().__init__()
         fill = SlotFiller(op, op_kwargs or {}, network=name)
         stem = widths[0]

@@ -23,10 +23,22 @@ class ClassifierHead:
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_attr)
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none); ``global_pool=None`` keeps the current pooling, as in timm.
+
+        ``global_pool=""`` returns the unpooled feature map (only without a classifier); the classifier's
+        width follows the pooling's (``catavgmax`` doubles it), and so does ``head_hidden_size``.
+        """
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type if hasattr(self, "global_pool") else "avg"
+        if not global_pool and num_classes:
+            raise ValueError(f"global_pool='' leaves the feature map unpooled, so it needs num_classes=0 "
+                             f"(got num_classes={num_classes})")
         self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        setattr(self, self.classifier_attr, nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity())
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        setattr(self, self.classifier_attr,
+                nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity())
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

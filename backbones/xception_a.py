@@ -73,7 +73,7 @@ class XceptionA(StagedNet):
     """Xception-A: conv1, enc2, enc3, enc4 (the features), fc attention, then the classifier."""
 
     def __init__(self, op: str = "conv", op_kwargs: Mapping[str, Any] | None = None, num_classes: int = 1000,
-                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0, **unused: Any) -> None:
+                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0) -> None:
         super().__init__()
         fill = SlotFiller(op, op_kwargs or {}, network="xception_a")
         stages = [nn.Sequential(nn.Conv2d(in_chans, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))]

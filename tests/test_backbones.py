@@ -114,3 +114,42 @@ def test_csnet_size_structure_and_pruned_rebuild() -> None:
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 1, 32, 32)
     with pytest.raises(OperatorError, match="no slot for operator"):
         timm.create_model("csnet", op="ddf")
+
+
+CLASSIFIERS = [name for name in SMALL if name != "csnet"]  # csnet is a saliency network without a classifier
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_pooling_follows_timm_unpooled_catavgmax_and_kept_on_reset(name: str) -> None:
+    size = SMALL[name]
+    x = torch.randn(2, 3, size, size)
+    unpooled = timm.create_model(name, num_classes=0, global_pool="")
+    features = unpooled(x)
+    assert features.dim() == 4 and features.shape[1] == unpooled.num_features == unpooled.head_hidden_size
+    both = timm.create_model(name, num_classes=7, global_pool="catavgmax")
+    assert both.head_hidden_size == 2 * both.num_features == both.get_classifier().in_features
+    assert both(x).shape == (2, 7) and both.forward_head(both.forward_features(x), pre_logits=True).shape == (
+        2, 2 * both.num_features)
+    both.reset_classifier(3)  # timm's default keeps the pooling it has
+    assert both.global_pool.pool_type == "catavgmax" and both(x).shape == (2, 3)
+    both.reset_classifier(0, "max")
+    assert both.head_hidden_size == both.num_features and both(x).shape == (2, both.num_features)
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        timm.create_model(name, num_classes=5, global_pool="")
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)  # csnet still drops what it does not take (its home moves with saliency)
+def test_a_misspelt_argument_is_refused_not_ignored(name: str) -> None:
+    with pytest.raises(TypeError, match="op_kwarg"):
+        timm.create_model(name, op_kwarg={"alpha": 0.25})
+
+
+@pytest.mark.parametrize("name, op", [("op_resnet18", "conv"), ("op_resnet50", "ddf"), ("op_resnet50", "octconv"),
+                                      ("op_resnet20", "conv"), ("op_mobilenetv2", "conv"), ("xception_a", "conv")])
+@pytest.mark.parametrize("out_indices", [(0,), (0, 1, 2), (1, 3), (2,)])
+def test_features_only_leaves_no_parameter_without_a_gradient(name: str, op: str, out_indices: tuple) -> None:
+    model = timm.create_model(name, op=op, features_only=True, out_indices=out_indices)
+    feats = model(torch.randn(2, 3, SMALL[name], SMALL[name]))
+    assert len(feats) == len(out_indices)
+    sum(f.float().mean() for f in feats).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
