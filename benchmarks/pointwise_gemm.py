@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import timm
 import torch
 
-import backbones
+import backbones  # noqa: F401  registers the models
 import operators.conv as conv_module
 from operators.conv import Pointwise
 from bench.measure import interleaved_latency, measure_latency

@@ -96,7 +96,8 @@ class LearningCurve(Callback):
         self.validation_metric = validation_metric
         self.train_loss: list[list[float]] = []
         self.validation: list[list[float]] = []
-        self._pending: list[float] = []
+        self._sum: torch.Tensor | None = None
+        self._count = 0
         self._every = 1
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -104,14 +105,16 @@ class LearningCurve(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        # Lightning hands back the loss divided by the accumulation; the curve shows the loss itself, over all ranks
-        loss = trainer.strategy.reduce(loss * trainer.accumulate_grad_batches, reduce_op="mean")
-        self._pending.append(float(loss))
+        # Lightning hands back the loss divided by the accumulation; the curve shows the loss itself. Summed on
+        # the device, so the training loop never waits for it; synchronised (and averaged over ranks) once a point.
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach() * trainer.accumulate_grad_batches
+        self._sum = loss if self._sum is None else self._sum + loss
+        self._count += 1
         step = trainer.global_step
         if step and step % self._every == 0 and (not self.train_loss or self.train_loss[-1][0] != step):
-            self.train_loss.append([step, sum(self._pending) / len(self._pending)])
-            self._pending = []
+            mean = trainer.strategy.reduce(self._sum / self._count, reduce_op="mean")
+            self.train_loss.append([step, float(mean)])
+            self._sum, self._count = None, 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.validation_metric or "")
