@@ -74,13 +74,15 @@ class StagedNet(ClassifierHead, nn.Module):
         """Also drop the stages after the last feature taken, and the final layers."""
         take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
         self.stages = self.stages[:max(take) + 1]
-        self.final = nn.Identity()
+        if max(take) < len(self.stages):  # a feature past the stages is the final layers' output: they stay
+            self.final = nn.Identity()
         return take
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """Stage outputs for timm's ``features_only`` (feature_cls="getter")."""
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        """Stage outputs for timm's ``features_only`` (feature_cls="getter"); a ``feature_info`` entry past the
+        stages is the output of ``final`` (Xception-A's fc attention)."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
         feats = []
         for i, stage in enumerate(self.stages):
             if stop_early and i > max_index:
@@ -88,9 +90,14 @@ class StagedNet(ClassifierHead, nn.Module):
             x = stage(x)
             if i in take:
                 feats.append(x)
+        if len(self.stages) in take:
+            x = self.final(x)
+            feats.append(x)
+        elif not intermediates_only:
+            x = self.final(x)
         if intermediates_only:
             return feats
-        return self.final(x), feats
+        return x, feats
 
     def forward_features(self, x: Tensor) -> Tensor:
         for stage in self.stages:

@@ -5,6 +5,10 @@ convs of [12, 12, 48], [24, 24, 96] and [48, 48, 192] channels (the paper's Tabl
 first block halving the resolution. The fc attention squeezes enc4 through a 1000-way fully connected
 layer and a 1x1 conv back to 192 channels, and rescales enc4 with it. The operator replaces every
 depthwise 3x3 conv of the separable convs (``op="conv"`` keeps them depthwise).
+
+DFANet re-enters cascaded copies at their encoders: ``stem=False`` leaves conv1 out (stage 0 is then
+the identity) and ``encoder_in_chans`` sets what each encoder takes (its input concatenated with the
+previous copy's features). ``features_only`` offers the fc-attention output as feature 4 (stride 16).
 """
 
 from __future__ import annotations
@@ -73,13 +77,19 @@ class XceptionA(StagedNet):
     """Xception-A: conv1, enc2, enc3, enc4 (the features), fc attention, then the classifier."""
 
     def __init__(self, op: str = "conv", op_kwargs: Mapping[str, Any] | None = None, num_classes: int = 1000,
-                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0) -> None:
+                 in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.0, stem: bool = True,
+                 encoder_in_chans: Sequence[int] | None = None) -> None:
         super().__init__()
         fill = SlotFiller(op, op_kwargs or {}, network="xception_a")
-        stages = [nn.Sequential(nn.Conv2d(in_chans, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))]
+        stages: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_chans, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
+                                                 nn.ReLU(inplace=True)) if stem else nn.Identity()]
         self.feature_info = [dict(num_chs=8, reduction=2, module="stages.0")]
         cin, reduction = 8, 2
-        for e, (widths, depth) in enumerate(ENCODERS):
+        entries = list(encoder_in_chans) if encoder_in_chans is not None else [None] * len(ENCODERS)
+        if len(entries) != len(ENCODERS):
+            raise ValueError(f"xception_a: encoder_in_chans needs {len(ENCODERS)} values, got {entries}")
+        for e, ((widths, depth), entry) in enumerate(zip(ENCODERS, entries)):
+            cin = entry or cin
             blocks = [XceptionBlock(fill, f"enc{e + 2}.{b}", cin if b == 0 else widths[-1], widths, 2 if b == 0 else 1)
                       for b in range(depth)]
             stages.append(nn.Sequential(*blocks))
@@ -87,6 +97,7 @@ class XceptionA(StagedNet):
             self.feature_info.append(dict(num_chs=cin, reduction=reduction, module=f"stages.{e + 1}"))
         self.stages = nn.ModuleList(stages)
         self.final = FCAttention(cin)
+        self.feature_info.append(dict(num_chs=cin, reduction=reduction, module="final"))
         self.op_metadata = fill.metadata()
         self.finish(cin, num_classes, global_pool, drop_rate)
         inside_ops = operator_module_ids(self)

@@ -268,7 +268,8 @@ def _baseline(view: TaskView, rows: list[Row], row: Row) -> Row | None:
     """The row's configuration with the task's baseline fields (``op=conv``, its stock upsampler) in place."""
     key = list(row.key)
     for name, value in view.baseline.items():
-        if name in KEY_FIELDS and key[KEY_FIELDS[name]] != "-":
+        value = value(row.records[0][1]) if callable(value) else value
+        if name in KEY_FIELDS and key[KEY_FIELDS[name]] != "-" and value is not None:
             key[KEY_FIELDS[name]] = value
     return next((r for r in rows if r.key == tuple(key)), None)
 
@@ -300,7 +301,7 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     view = section_view(section, rows)
     metrics = view.columns({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
     ratios = any(r.get("efficiency", {}).get("vs_baseline") for row in rows for _, r in row.records)
-    baseline = "+".join(view.baseline.values())
+    baseline = "+".join(str(v) if not callable(v) else f"stock {k}" for k, v in view.baseline.items())
     header = ["backbone", "op", "upsampler", "recipe", *(m.label for m in metrics),
               f"delta {view.primary.name} vs {baseline}", "params (M)", "GMACs",
               *(["Pareto front (GMACs)"] if view.cost_plots else []),

@@ -199,7 +199,7 @@ class Profile:
     latency_iqr_ms: float
     throughput_per_s: float
     train_step_ms: float | None
-    saved_activation_mb: float
+    saved_activation_mb: float | None
     peak_memory_mb: float | None
     compile_s: float | None = None
     """Seconds the first compiled call took (compilation included); None when timed eagerly."""
@@ -255,6 +255,7 @@ def profile_module(
     ``compile=True`` times inference of the torch.compile'd model instead (`compile_for_inference`);
     the train step is then not timed, as compiling training is a different measurement.
     """
+    wants_training = train
     model = model.to(device)
     inputs = map_tensors(lambda t: t.to(device), list(inputs))
     batch = next(iter(_tensors(inputs))).shape[0]
@@ -269,9 +270,9 @@ def profile_module(
         infer = measure_latency(lambda: forward(*inputs), device, warmup=warmup, iters=iters)
     model.train()
     grad_inputs = map_tensors(lambda t: t.detach().requires_grad_(t.is_floating_point()), inputs)
-    saved = saved_activation_bytes(model, *grad_inputs)
-    step_ms = None
-    peak = None
+    step_ms = peak = None
+    # training mode only when asked: a BatchNorm on a pooled 1x1 map cannot train at batch 1
+    saved = saved_activation_bytes(model, *grad_inputs) if wants_training else None
     if train:
         def step() -> None:
             loss = sum(o.float().mean() for o in _tensors(model(*grad_inputs)))
@@ -286,7 +287,7 @@ def profile_module(
         params=count_params(model), macs=macs, macs_per_sample=macs // batch,
         input_shape=map_tensors(lambda t: list(t.shape), inputs[0]), latency_ms=infer["median_ms"], latency_iqr_ms=infer["iqr_ms"],
         throughput_per_s=batch / infer["median_ms"] * 1e3, train_step_ms=step_ms,
-        saved_activation_mb=saved / 2**20, peak_memory_mb=peak, compile_s=compile_s,
+        saved_activation_mb=saved / 2**20 if saved is not None else None, peak_memory_mb=peak, compile_s=compile_s,
     )
 
 

@@ -87,6 +87,20 @@ class TaskResult:
         return {**out, **self.fields}
 
 
+@dataclass(frozen=True)
+class PerModel:
+    """A baseline value that depends on the row's model: the stock upsampler of each segmentation network."""
+
+    field: str
+    values: Mapping[str, str]
+
+    def __call__(self, record: Mapping[str, Any]) -> str | None:
+        return self.values.get(str(record.get(self.field)))
+
+    def __str__(self) -> str:
+        return "the stock one of the " + self.field + " (" + ", ".join(f"{k}: {v}" for k, v in self.values.items()) + ")"
+
+
 TaskFn = Callable[[DictConfig, str], TaskResult]
 RESERVED_FIELDS = {"schema_version", "run_id", "task", "op", "op_kwargs", "data", "recipe", "seed", "created",
                    "status", "error", "metrics", "metrics_missing", "efficiency", "config", "provenance",
@@ -118,9 +132,9 @@ class TaskSpec:
     """The task's networks upsample learned features: ``upsampler=`` / ``upsampler_kwargs.*`` are accepted."""
     defaults: Mapping[str, str] = field(default_factory=dict)
     """Default ``data`` and ``recipe`` choices (``{"data": "shapes", "recipe": "quick"}``)."""
-    baseline: Mapping[str, str] = field(default_factory=lambda: {"op": "conv"})
+    baseline: Mapping[str, str | PerModel] = field(default_factory=lambda: {"op": "conv"})
     """Leaderboard deltas: the baseline row is the row's configuration with these fields replaced
-    (`BASELINE_FIELDS`)."""
+    (`BASELINE_FIELDS`); a `PerModel` value depends on the row's model."""
     op_kinds: tuple[str, ...] = ("conv",)
     """The operator kinds ``op=`` may name; ``op=all`` sweeps them."""
     model_keys: tuple[str, ...] = ()

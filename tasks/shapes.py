@@ -49,6 +49,17 @@ class Scene:
         """Classification view: the class of the main object."""
         return self.objects[0].label
 
+    def visible(self, obj: SceneObject) -> np.ndarray:
+        """The pixels of ``obj`` not hidden behind a nearer object."""
+        return obj.mask & np.isclose(self.depth, obj.depth)
+
+    def class_map(self) -> np.ndarray:
+        """Segmentation view: per pixel 0 (background) or 1 + the class of the object seen there (uint8)."""
+        classes = np.zeros(self.depth.shape, np.uint8)
+        for obj in self.objects:
+            classes[self.visible(obj)] = obj.label + 1
+        return classes
+
 
 def _polygon_inside(u: np.ndarray, v: np.ndarray, sides: int, phase: float = 0.0) -> np.ndarray:
     """Inside test of a regular polygon of circumradius 1 in local coordinates (u, v)."""

@@ -71,9 +71,14 @@ def lr_factor(recipe: DictConfig, step: int, total: int, per_epoch: float) -> fl
     raise ValueError(f"recipe {recipe.name}: schedule must be cosine, multistep or poly, got {recipe.schedule!r}")
 
 
-def configure_optimizers(module: L.LightningModule, recipe: DictConfig, lr: float) -> dict[str, Any]:
-    """What a LightningModule's ``configure_optimizers`` returns: the recipe's optimizer and per-step schedule."""
-    opt = build_optimizer(module.parameters(), recipe, lr)
+def configure_optimizers(module: L.LightningModule, recipe: DictConfig, lr: float, params: Any = None
+                         ) -> dict[str, Any]:
+    """What a LightningModule's ``configure_optimizers`` returns: the recipe's optimizer and per-step schedule.
+
+    ``params`` (default: all of the module's) may be parameter groups with their own ``lr`` and ``weight_decay``;
+    the schedule scales every group's learning rate alike.
+    """
+    opt = build_optimizer(module.parameters() if params is None else params, recipe, lr)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     per_epoch = total / max(1, int(recipe.epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(recipe, step, total, per_epoch))

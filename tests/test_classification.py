@@ -127,6 +127,8 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path: Path) -> None:
     crafted = Path(record["provenance"]["run_dir"]).parent / "crafted" / "checkpoints" / "last.ckpt"
     crafted.parent.mkdir(parents=True)
     torch.save({"global_step": Payload(str(marker))}, crafted)
+    newer = crafted.stat().st_mtime + 60  # the newest checkpoint is resumed; never tie with the run's own
+    os.utime(crafted, (newer, newer))
     assert main(["run", *args, "resume=true"]) == 1  # refused to unpickle: recorded as failed, not executed
     assert not marker.exists()
     assert "weights_only" in records(tmp_path / "r")[-1]["error"] or "Unsupported" in records(tmp_path / "r")[-1]["error"]

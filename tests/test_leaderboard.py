@@ -78,6 +78,29 @@ def test_detection_rows_split_by_detector_and_upsampler(tmp_path: Path) -> None:
     assert "| 35.00 | 70.00 | - |" in lines[1]  # APs in %; COCO's -1 (no large objects) is shown as missing
 
 
+def test_segmentation_deltas_compare_with_each_models_stock_upsampler(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    for model, backbone, op, upsampler, miou in (("bisenetv1", "resnet18", "conv", "nearest", 0.50),
+                                                 ("bisenetv1", "resnet18", "conv", "carafe", 0.53),
+                                                 ("dfanet", "xception_a", "conv", "bilinear", 0.40),
+                                                 ("dfanet", "xception_a", "dwconv", "bilinear", 0.38),
+                                                 ("dfanet", "xception_a", "conv", "nearest", 0.45)):
+        config = {"op": op, "seed": 0, "backbone": backbone, "upsampler": upsampler, "data": {"name": "shapes"},
+                  "recipe": {"name": "quick"}}
+        r = new_record("segmentation", config, f"bench run task=segmentation model={model} op={op}", "s" * 64)
+        r.update(status="success", model=model, backbone=backbone, upsampler=upsampler,
+                 metrics={"mIoU": miou, "pixel_acc": 0.9}, efficiency={"params": 1000, "macs": 10**9})
+        r["provenance"]["hardware"] = {"label": "CPU A"}
+        write_record(r, folder)
+    generate([folder], tmp_path)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line
+            for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| bisenetv1")
+            or line.startswith("| dfanet")}
+    assert "| +3.00 |" in rows[("bisenetv1 resnet18", "conv", "carafe")]  # against BiSeNet's stock nearest
+    assert "| +5.00 |" in rows[("dfanet xception_a", "conv", "nearest")]  # against DFANet's stock bilinear
+    assert "| -2.00 |" in rows[("dfanet xception_a", "dwconv", "bilinear")]
+
+
 def test_hardware_is_never_mixed_and_failed_runs_are_listed_apart(results: Path) -> None:
     generate([results], results.parent)
     md = (results.parent / "README.md").read_text()

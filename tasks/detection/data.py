@@ -49,7 +49,7 @@ def shapes_annotations(seed: int, index: int, size: int) -> tuple[np.ndarray, li
     scene = render_scene(seed, index, size, distractors=(1, 3), distractor_scale=(0.12, 0.2), inside=True)
     annotations = []
     for obj in scene.objects:
-        visible = obj.mask & np.isclose(scene.depth, obj.depth)
+        visible = scene.visible(obj)
         if visible.sum() < max(MIN_PIXELS, MIN_VISIBLE * obj.mask.sum()):
             continue
         ys, xs = np.nonzero(visible)
