@@ -269,12 +269,12 @@ def quiet_lightning() -> Iterator[None]:
 
 
 def train_and_test(cfg: DictConfig, run_dir: str, build: Callable[[BatchPlan], TrainingJob],
-                   validation_metric: str | None = None) -> TaskResult:
+                   validation_metric: str | None = None, train: bool = True) -> TaskResult:
     """Train the job ``build`` makes for this world size on the recipe, test it, profile it: the task's result.
 
     The record's metrics are every ``test_<name>`` the module logs (as ``<name>``), plus
     ``validation_metric`` (e.g. ``val_top1``) after the last epoch where the task validates (absent if
-    no validation ran).
+    no validation ran). ``train=False`` tests a method that learns nothing (a non-learned baseline row).
     """
     with quiet_lightning():
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -282,10 +282,12 @@ def train_and_test(cfg: DictConfig, run_dir: str, build: Callable[[BatchPlan], T
         plan = plan_batches(cfg.recipe, probe.world_size)
         curve = LearningCurve(validation_metric)
         job = build(plan)
-        require_training_steps(job.data, plan)
         trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate, gradient_clip_val=job.gradient_clip_val,
                                 callbacks=(curve,))
-        resumed_step = fit(cfg, run_dir, trainer, job.module, job.data)
+        resumed_step = None
+        if train:
+            require_training_steps(job.data, plan)
+            resumed_step = fit(cfg, run_dir, trainer, job.module, job.data)
         validated = trainer.callback_metrics.get(validation_metric) if validation_metric else None  # test resets
         (test,) = trainer.test(job.module, datamodule=job.data, verbose=False)
     metrics = {name.removeprefix("test_"): float(value) for name, value in test.items() if name.startswith("test_")}

@@ -178,7 +178,8 @@ def test_missing_or_corrupt_coco_data_exits_2(tmp_path: Path, capsys: pytest.Cap
     assert main(["run", "task=detection", "detector=faster_rccn"]) == 2
     assert "Did you mean 'faster_rcnn'" in capsys.readouterr().err
     assert main(["run", "task=classification", "upsampler=carafe"]) == 2
-    assert "only applies to task=detection" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only applies to task=" in err and "task=detection" in err and "task=segmentation" in err
     write_coco(tmp_path)
     (tmp_path / "annotations" / "instances_val2017.json").write_text("{not json")
     assert main(["run", "task=detection", "data=coco", f"data.path={tmp_path}", "data.train_split=val2017"]) == 2

@@ -57,7 +57,8 @@ def test_plugin_task_is_listed_with_its_metrics_and_source(toy: Path, capsys: py
     assert "toy" in list_tasks() and get_task("toy").source == "acme-tasks"
     assert main(["list", "tasks"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "acme-tasks" in out and "error (%) ↓" in out and "top1 (%) ↑" in out and "rmse" not in out
+    assert "acme-tasks" in out and "error (%) ↓" in out and "top1 (%) ↑" in out
+    assert "rmse (cm) ↓" in out  # a built-in lower-is-better metric beside the plugin's
 
 
 def test_plugin_task_runs_sweeps_and_ranks_ascending_on_the_leaderboard(toy: Path, tmp_path: Path) -> None:

@@ -1,0 +1,93 @@
+"""The joint depth upsampling network (PAC's `PacJointUpsample`) with an upsample slot per 2x stage.
+
+Structured as NVlabs/pacnet ``task_jointUpsampling/models.py`` ``PacJointUpsample`` at its default widths:
+a target branch on the normalised low-resolution depth (three 5x5 convs to 32 channels, ReLU between),
+a guidance branch on the RGB image (three 5x5 convs, 32, 32, then 16 channels per 2x stage), log2(scale)
+upsampling stages (32 -> 32 channels, ReLU after each), then a final branch (5x5 conv 32, ReLU, 5x5 conv to
+one channel). Each stage is an upsample slot: the registered upsampler receives the stage's 16-channel guide
+slice, resized bilinearly to the stage's output resolution as PAC does; upsamplers that take no guide run
+unguided in the same slot, so only the upsampler differs between rows. ``Interpolate`` is the non-learned
+row: the low-resolution depth upsampled by a parameter-free upsampler, nothing trained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones.operator_slot import UpsampleSlots
+from operators.registry import create_upsampler
+
+GUIDE_PER_STAGE = 16
+WIDTH = 32
+KERNEL = 5
+
+
+def branch(channels: list[int]) -> nn.Sequential:
+    """5x5 convs through ``channels`` with a ReLU between consecutive ones (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(pairwise(channels)):
+        layers.append(nn.Conv2d(cin, cout, KERNEL, padding=KERNEL // 2))
+        if i < len(channels) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def stages_for(scale: int) -> int:
+    """Number of 2x stages of ``scale`` (4, 8 or 16)."""
+    stages = int(math.log2(scale))
+    if 2**stages != scale or stages < 1:
+        raise ValueError(f"scale must be a power of 2 (4, 8 or 16), got {scale}")
+    return stages
+
+
+class JointUpsampler(nn.Module):
+    """PAC's joint upsampling network, its PAC transposed convs replaced by upsample slots."""
+
+    def __init__(self, scale: int, upsampler: str = "pac", upsampler_kwargs: Mapping[str, Any] | None = None,
+                 guide_channels: int = 3) -> None:
+        super().__init__()
+        self.scale, stages = scale, stages_for(scale)
+        self.target = branch([1, WIDTH, WIDTH, WIDTH])
+        self.guidance = branch([guide_channels, WIDTH, WIDTH, GUIDE_PER_STAGE * stages])
+        slots = UpsampleSlots(upsampler, dict(upsampler_kwargs or {}), network="depth")
+        self.ups = nn.ModuleList(slots(f"up{i + 1}", WIDTH, 2, guide_channels=GUIDE_PER_STAGE) for i in range(stages))
+        self.final = branch([WIDTH, WIDTH, 1])
+        self.upsample_metadata = slots.metadata()
+
+    def forward(self, low: Tensor, guide: Tensor) -> Tensor:
+        """Normalised high-resolution depth (N, 1, H, W) from ``low`` (N, 1, H/s, W/s) and ``guide`` (N, 3, H, W)."""
+        x, g = self.target(low), self.guidance(guide)
+        for i, up in enumerate(self.ups):
+            size = (low.shape[-2] * 2 ** (i + 1), low.shape[-1] * 2 ** (i + 1))
+            part = g[:, i * GUIDE_PER_STAGE:(i + 1) * GUIDE_PER_STAGE]
+            if part.shape[-2:] != size:
+                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+            x = F.relu(up(x, part))
+        return self.final(x)
+
+
+class Interpolate(nn.Module):
+    """The non-learned row: the low-resolution depth upsampled by a parameter-free upsampler (no guide)."""
+
+    def __init__(self, scale: int, upsampler: str = "bilinear", upsampler_kwargs: Mapping[str, Any] | None = None
+                 ) -> None:
+        super().__init__()
+        self.scale = scale
+        self.up = create_upsampler(upsampler, 1, scale, **dict(upsampler_kwargs or {}))
+        if any(True for _ in self.up.parameters()):
+            raise ValueError(f"model=interpolate is the non-learned row; upsampler {upsampler!r} has parameters "
+                             "(use nearest or bilinear, or the trained network)")
+        self.upsample_metadata = {"upsampler": upsampler, "upsample_slots": ["low_to_high"], "unguided_slots": []}
+
+    def forward(self, low: Tensor, guide: Tensor) -> Tensor:
+        return self.up(low)
+
+
+MODELS = {"pac_net": JointUpsampler, "interpolate": Interpolate}
+"""``model=`` names; the first is the default."""
