@@ -10,6 +10,7 @@ own on-disk format through :func:`cached_view`, with the split names of :data:`S
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from bench.results import follow_umask
 
@@ -173,3 +175,15 @@ def cached_view(name: str, write: Callable[[Path], None]) -> Path:
         if not (isinstance(err, OSError) and path.exists()):  # a concurrent run may have renamed its copy first
             raise
     return path
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """``array`` encoded as PNG (uint8 RGB or grey, uint16 depth), for a view's Hugging Face image column."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def open_image(value: dict) -> Image.Image:
+    """The image of an undecoded Hugging Face image value: its bytes (a generated view) or its path (user files)."""
+    return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])

@@ -10,7 +10,6 @@ high-resolution target with the evaluation border cut off (the network's output 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -20,12 +19,11 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bench.errors import DataError
 from bench.schema import DataSource
-from tasks.shapes import SPLIT_OFFSETS, cached_view, render_scene
+from tasks.shapes import SPLIT_OFFSETS, cached_view, open_image, png_bytes, render_scene
 
 SHAPES_DEPTH_VERSION = 1
 """Bumped whenever the depth view's output changes, so stale caches are never reused."""
@@ -57,12 +55,6 @@ FEATURES = datasets.Features({"rgb": datasets.Image(decode=False), "depth": data
 NYU_FEATURES = datasets.Features({"index": datasets.Value("int32"), "file": datasets.Value("string")})
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_shapes(folder: Path, seed: int, size: int, counts: dict[str, int]) -> None:
     """The shapes depth view: each scene's RGB image and its depth map (a tilted floor, objects in front), the
     depth stored as a 16-bit PNG in millimetres exactly like `depthfolder`."""
@@ -72,8 +64,8 @@ def write_shapes(folder: Path, seed: int, size: int, counts: dict[str, int]) -> 
         for i in range(count):
             scene = render_scene(seed, SPLIT_OFFSETS[split] + i, size, distractors=(1, 3),
                                  distractor_scale=(0.12, 0.2))
-            rows["rgb"].append({"bytes": _png(scene.image), "path": None})
-            rows["depth"].append({"bytes": _png(np.round(scene.depth * MM).astype(np.uint16)), "path": None})
+            rows["rgb"].append({"bytes": png_bytes(scene.image), "path": None})
+            rows["depth"].append({"bytes": png_bytes(np.round(scene.depth * MM).astype(np.uint16)), "path": None})
             rows["rgb_file"].append(f"shapes/{split}/{i:07d}.png")
             rows["depth_file"].append(f"shapes/{split}/{i:07d}_depth.png")
         splits[split] = datasets.Dataset.from_dict(rows, features=FEATURES)
@@ -156,10 +148,6 @@ def load_splits(cfg: DictConfig) -> dict[str, datasets.Dataset]:
     raise DataError(f"data.source={cfg.source!r} is not a depth source (shapes, nyuv2, depthfolder)")
 
 
-def _open(value: dict[str, Any]) -> Image.Image:
-    return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-
-
 def read_pair(row: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 H x W x 3, depth float32 H x W in metres) of one row of any source."""
     if "index" in row:  # NYUv2: stored W x H, transposed to H x W as PAC does
@@ -170,9 +158,9 @@ def read_pair(row: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
             depth = np.ascontiguousarray(f["depths"][row["index"]].T).astype(np.float32)
         return rgb, depth
     try:
-        with _open(row["rgb"]) as img:
+        with open_image(row["rgb"]) as img:
             rgb = np.asarray(img.convert("RGB"))
-        with _open(row["depth"]) as d:
+        with open_image(row["depth"]) as d:
             if d.mode not in ("I;16", "I;16B", "I", "L"):
                 raise DataError(f"data={name}: {row['depth_file']} is a {d.mode} image; depth maps are 16-bit "
                                 "single-channel PNGs in millimetres.")

@@ -10,7 +10,6 @@ image, a colour (RGB) mask or a class id at or above ``num_classes`` is a :class
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,14 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from bench.errors import DataError
 from bench.schema import DataSource
-from tasks.shapes import CLASSES, SPLIT_OFFSETS, cached_view, render_scene
+from tasks.shapes import CLASSES, SPLIT_OFFSETS, cached_view, open_image, png_bytes, render_scene
 
 SHAPES_SEGMENTATION_VERSION = 1
 """Bumped whenever the segmentation view's output changes, so stale caches are never reused."""
@@ -95,20 +93,14 @@ def write_shapes(folder: Path, seed: int, size: int, counts: dict[str, int]) -> 
         for i in range(count):
             scene = render_scene(seed, SPLIT_OFFSETS[split] + i, size, distractors=(1, 3),
                                  distractor_scale=(0.12, 0.2))
-            images.append(_png(scene.image))
-            masks.append(_png(scene.class_map()))
+            images.append(png_bytes(scene.image))
+            masks.append(png_bytes(scene.class_map()))
             names.append(f"shapes/{split}/{i:07d}")
         splits[split] = datasets.Dataset.from_dict(
             {"image": [{"bytes": b, "path": None} for b in images], "mask": [{"bytes": b, "path": None} for b in masks],
              "image_file": [f"{n}.png" for n in names], "mask_file": [f"{n}_mask.png" for n in names]},
             features=FEATURES)
     datasets.DatasetDict(splits).save_to_disk(str(folder))
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def shapes_splits(cfg: DictConfig) -> datasets.DatasetDict:
@@ -195,10 +187,6 @@ def label_map(cfg: DictConfig) -> np.ndarray | None:
     return table
 
 
-def _open(value: dict[str, Any]) -> Image.Image:
-    return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-
-
 class SegmentationSplit(Dataset):
     """One split: image and mask decoded, checked and transformed together; masks become int64 class ids."""
 
@@ -211,12 +199,12 @@ class SegmentationSplit(Dataset):
     def _read(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         name, mask_name = row["image_file"], row["mask_file"]
         try:
-            with _open(row["image"]) as img:
+            with open_image(row["image"]) as img:
                 image = np.asarray(img.convert("RGB"))
         except OSError as err:
             raise DataError(f"data={self.cfg.name}: cannot read the image {name} ({err})") from None
         try:
-            with _open(row["mask"]) as m:
+            with open_image(row["mask"]) as m:
                 if m.mode in ("RGB", "RGBA"):
                     raise DataError(f"data={self.cfg.name}: the mask {mask_name} is a colour ({m.mode}) image; masks "
                                     "hold one class id per pixel (a palette or grey-level PNG).")
