@@ -1,7 +1,5 @@
 """Operator-swappable MobileNetV2 (Sandler et al., CVPR 2018): the operator replaces each block's depthwise 3x3."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 

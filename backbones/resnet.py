@@ -13,15 +13,14 @@ and alpha 0.5 this costs 2.367 GMACs, 0.579 of ResNet-50's 4.089 (the paper: 2.4
 benchmarks/octconv_macs.py).
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import register_notrace_module
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
@@ -87,6 +86,7 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
     return nn.Sequential(Pointwise(in_channels, out_channels, stride), _bn(out_channels))
 
 
+@register_notrace_module  # per-frequency tuples: a leaf of timm's FX tracing
 class OctNorm(nn.Module):
     """BatchNorm (and optionally ReLU) applied per frequency of an octave tensor."""
 
@@ -109,6 +109,7 @@ def _add_relu(a: Tensor | tuple, b: Tensor | tuple) -> Tensor | tuple:
     return tuple(x.add_(y).relu_() for x, y in zip(a, b))
 
 
+@register_notrace_module
 class OctBlock(nn.Module):
     """A basic block or bottleneck whose every conv is an octave conv (Oct-ResNet)."""
 
@@ -140,6 +141,15 @@ class OctBlock(nn.Module):
         return _add_relu(x, shortcut)
 
 
+@register_notrace_module
+class OctaveFeature(nn.Module):
+    """An octave stage's output as one full-width tensor (`merge_octave`): the module that timm's hook and FX
+    feature extraction read for an octave stage, whose own output is a (high, low) pair."""
+
+    def forward(self, x: tuple[Tensor, Tensor]) -> Tensor:
+        return merge_octave(x)
+
+
 class ResNet(ClassifierHead, nn.Module):
     """ResNet with an operator in every block's spatial slot; ImageNet (4 stages) or CIFAR (3 stages) stem."""
 
@@ -164,6 +174,7 @@ class ResNet(ClassifierHead, nn.Module):
         self.bn1 = _bn(stem)
         self.act1 = nn.ReLU(inplace=True)
         octave = op == "octconv"
+        self.octave_features = nn.ModuleDict()
         fill = SlotFiller(op, op_kwargs or {}, network=name)
         channels, reduction = stem, 1 if cifar_stem else 4
         self.feature_info = [dict(num_chs=stem, reduction=reduction // 2 if not cifar_stem else 1, module="act1")]
@@ -187,8 +198,14 @@ class ResNet(ClassifierHead, nn.Module):
                 channels = width * expansion
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
             reduction *= stride
-            self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=f"layer{s + 1}"))
+            module = f"layer{s + 1}"
+            if octave and s < len(widths) - 1:  # stages 1-3 return (high, low) pairs
+                self.octave_features[module] = OctaveFeature()
+                module = f"octave_features.{module}"
+            self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=module))
         self.num_stages = len(widths)
+        if self.num_stages == 3:
+            self.layer4 = nn.Identity()
         self.num_features = channels
         self.reset_classifier(num_classes, global_pool)
         self.op_metadata = {**fill.metadata(), "octave_alpha": alpha if octave else None}
@@ -233,11 +250,35 @@ class ResNet(ClassifierHead, nn.Module):
             return feats
         return merge_octave(x), feats
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay, as timm's ResNet: the stem, then each stage or block."""
+        return dict(stem=r"^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if len(self.octave_features) or (self.grad_checkpointing and not torch.jit.is_scripting()):
+            return self._forward_stages(x)
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))  # named, not looked up, so that TorchScript compiles it
+        return self.layer4(x)  # an Identity in the 3-stage CIFAR networks
+
+    @torch.jit.unused
+    def _forward_stages(self, x: Tensor) -> Tensor:
+        """The stages one by one: each checkpointed under `set_grad_checkpointing`; each octave stage's pair
+        also goes through its `OctaveFeature`, whose merged map only feature extraction reads (a concatenation
+        per stage, negligible beside the stage)."""
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         for s in range(1, self.num_stages + 1):
-            x = getattr(self, f"layer{s}")(x)
+            name = f"layer{s}"
+            stage = getattr(self, name)
+            x = checkpoint(stage, x) if self.grad_checkpointing else stage(x)
+            if name in self.octave_features:
+                self.octave_features[name](x)
         return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.pool(x)
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

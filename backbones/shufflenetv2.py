@@ -4,8 +4,6 @@ The operator replaces every depthwise spatial conv of the shuffle units (3x3 in 
 SNet); ``op="conv"`` keeps them depthwise, i.e. the unmodified networks.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -1,11 +1,11 @@
 """A backbone as a list of stages plus a head, with timm's classifier and feature-extraction API."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
@@ -17,9 +17,13 @@ class ClassifierHead:
     """
 
     classifier_attr = "classifier"
-    num_features: int
-    drop_rate: float
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of keeping them (timm's switch)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_attr)
 
@@ -48,21 +52,21 @@ class ClassifierHead:
             self.reset_classifier(0, "")
         return take
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pool(self, x: Tensor) -> Tensor:
+        """Global pooling then dropout: the head before the classifier (which each network names as timm does,
+        and calls by name, so that TorchScript can compile the head)."""
         x = self.global_pool(x)
         if self.drop_rate:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.get_classifier()(x)
+        return x
 
 
 class StagedNet(ClassifierHead, nn.Module):
     """``stages`` (each halving resolution or more; their outputs are the features) -> ``final`` -> pool -> classifier.
 
-    Subclasses build ``self.stages``, ``self.final`` and ``self.feature_info``, then call :meth:`finish`.
+    Subclasses build ``self.stages`` (a ModuleList), ``self.final`` and ``self.feature_info``, then call
+    :meth:`finish`.
     """
-
-    stages: nn.ModuleList
-    final: nn.Module
 
     def finish(self, num_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0) -> None:
         self.num_features, self.num_classes, self.drop_rate = num_features, num_classes, drop_rate
@@ -99,10 +103,23 @@ class StagedNet(ClassifierHead, nn.Module):
             return feats
         return x, feats
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm): the first stage is the stem, then each later stage
+        (``coarse``) or each block of it; the final layers come last, before the classifier."""
+        return dict(stem=r"^stages\.0\.", blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
+                                                 (r"^final", (99999,))])
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self.final(checkpoint_seq(self.stages, x))
         for stage in self.stages:
             x = stage(x)
         return self.final(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.pool(x)
+        return x if pre_logits else self.classifier(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

@@ -11,8 +11,6 @@ the identity) and ``encoder_in_chans`` sets what each encoder takes (its input c
 previous copy's features). ``features_only`` offers the fc-attention output as feature 4 (stride 16).
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -214,6 +214,17 @@ def check_jit_trace(h: OperatorHarness) -> str | None:
     return None
 
 
+def check_jit_script(h: OperatorHarness) -> str | None:
+    if not h.info.script:
+        return "not claimed"
+    module = h.build().eval()
+    inputs = h.inputs(module)
+    with torch.no_grad():
+        _expect(_same(torch.jit.script(module)(*inputs), module(*inputs), atol=1e-5),
+                "the scripted module disagrees with eager")
+    return None
+
+
 def check_compile(h: OperatorHarness) -> str | None:
     if not h.info.compile:
         return "not claimed"
@@ -253,10 +264,11 @@ CHECKS: dict[str, Callable[[OperatorHarness], str | None]] = {
     "eval-mode determinism": check_eval_determinism,
     "state_dict round-trip": check_state_dict,
     "torch.jit.trace": check_jit_trace,
+    "torch.jit.script": check_jit_script,
     "torch.compile": check_compile,
     "MAC formula vs counter": check_macs,
 }
-SKIPPED_WHEN_UNCLAIMED = {"torch.jit.trace", "torch.compile"}
+SKIPPED_WHEN_UNCLAIMED = {"torch.jit.trace", "torch.jit.script", "torch.compile"}
 
 
 def run_checks(name: str, *, channels: int = 16, size: int = 9, only: list[str] | None = None) -> list[CheckResult]:

@@ -1,9 +1,8 @@
 """Baseline conv-kind operators: the dense convolution and its depthwise-separable factorisation."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from operators.registry import OperatorError, register_op
@@ -36,6 +35,7 @@ GEMM_MAX_POSITIONS = 128
 GEMM_MAX_MACS = 2**24
 
 
+@register_notrace_module  # its GEMM switch depends on the input's shape
 class Pointwise(nn.Conv2d):
     """1x1 convolution (any stride) that computes small channels-last CPU inputs as a GEMM.
 
@@ -47,9 +47,18 @@ class Pointwise(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        # A trace records one path for every shape, so it takes the general one (the GEMM is a CPU speed-up only).
-        if torch.jit.is_tracing() or not _prefers_gemm(x, self.stride[0], self.in_channels * self.out_channels):
-            return super().forward(x)
+        # A trace records one path for every shape, so it takes the general one (the GEMM is a CPU speed-up only);
+        # TorchScript compiles the general one only.
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing() and self._prefers_gemm(x):
+            return self._gemm(x)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _prefers_gemm(self, x: Tensor) -> bool:
+        return _prefers_gemm(x, self.stride[0], self.in_channels * self.out_channels)
+
+    @torch.jit.unused
+    def _gemm(self, x: Tensor) -> Tensor:
         if self.stride != (1, 1):
             x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=torch.channels_last)
         # channels-last memory is (N, H, W, C): the permuted view is a contiguous (positions x channels) matrix
@@ -64,7 +73,7 @@ def _prefers_gemm(x: Tensor, stride: int, weights: int) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
-@register_op("conv", kind="conv", paper=None, dilation=True, exact_macs=True)
+@register_op("conv", kind="conv", paper=None, script=True, dilation=True, exact_macs=True)
 class Conv(nn.Conv2d):
     """Standard k x k convolution without bias: the baseline every operator is compared to."""
 
@@ -78,7 +87,8 @@ class Conv(nn.Conv2d):
         return conv_macs(self, x.shape)
 
 
-@register_op("dwconv", kind="conv", paper="MobileNets (Howard et al., 2017)", dilation=True, exact_macs=True)
+@register_op("dwconv", kind="conv", paper="MobileNets (Howard et al., 2017)", script=True, dilation=True,
+             exact_macs=True)
 class DepthwiseSeparableConv(nn.Module):
     """Depthwise k x k then pointwise 1x1 (no activation between, as in Xception's separable conv)."""
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from timm.layers import register_notrace_module
 from torch import nn
 
 from bench.errors import unknown_name_message
@@ -48,6 +49,8 @@ class OpInfo:
     """Takes and returns per-scale tensors (OctConv-style); needs a network built for it."""
     jit_trace: bool = True
     compile: bool = True
+    script: bool = False
+    """Compiles with ``torch.jit.script`` (off for custom autograd functions and per-scale tuples; opt-in)."""
     macs: MacFormula | None = None
     exact_macs: bool = False
     """The formula should equal what torch's FLOP counter sees (no hidden ops inside)."""
@@ -61,7 +64,7 @@ class OpInfo:
         flags = {"stride": self.stride and conv, "dilation": self.dilation and conv,
                  "channel change": self.channel_change and conv, "guide": self.guide and not conv,
                  "multi-scale": self.multiscale,
-                 "jit.trace": self.jit_trace, "compile": self.compile}
+                 "jit.trace": self.jit_trace, "jit.script": self.script, "compile": self.compile}
         return [label for label, on in flags.items() if on]
 
 
@@ -90,7 +93,7 @@ def register_op(
     """Decorator registering an ``nn.Module`` class (or a factory returning one) as operator ``name``.
 
     ``capabilities`` are :class:`OpInfo` fields (``stride``, ``dilation``, ``channel_change``,
-    ``guide``, ``jit_trace``, ``compile``, ``macs``, ``exact_macs``, ``description``). Without
+    ``guide``, ``jit_trace``, ``script``, ``compile``, ``macs``, ``exact_macs``, ``description``). Without
     ``macs=``, the module's own ``macs(*forward_args)`` method is the formula.
     Registering an existing name raises unless ``override=True``.
     """
@@ -173,8 +176,12 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
 
 
 def _tag(module: nn.Module, info: OpInfo) -> nn.Module:
-    """Mark ``module`` as an instance of ``info`` so the MAC counter uses the operator's formula."""
+    """Mark ``module`` as an instance of ``info`` so the MAC counter uses the operator's formula, and make its
+    class a leaf of timm's FX tracing: an operator is the unit the suite measures, and one with shape- or
+    tuple-dependent control flow could not be traced through (torch's own modules are leaves already)."""
     module.bench_op = info.name
+    if not type(module).__module__.startswith("torch."):
+        register_notrace_module(type(module))
     return module
 
 

@@ -90,7 +90,7 @@ def _channel_preserving(name: str, in_channels: int, out_channels: int, stride: 
 PAPER = "SCConv (Li et al., CVPR 2023)"
 
 
-@register_op("sru", kind="conv", paper=PAPER, stride=False, channel_change=False)
+@register_op("sru", kind="conv", paper=PAPER, script=True, stride=False, channel_change=False)
 def sru(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, group_num: int = 16,
         gate_threshold: float = 0.5) -> SRU:
     """SRU alone (the paper's ablation); group_num 16 as in SRU's own default."""
@@ -98,7 +98,7 @@ def sru(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int =
     return SRU(in_channels, group_num, gate_threshold)
 
 
-@register_op("cru", kind="conv", paper=PAPER, stride=False, channel_change=False)
+@register_op("cru", kind="conv", paper=PAPER, script=True, stride=False, channel_change=False)
 def cru(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, alpha: float = 0.5,
         squeeze_ratio: int = 2, group_size: int = 2, group_kernel_size: int = 3) -> CRU:
     """CRU alone (the paper's ablation)."""
@@ -106,7 +106,7 @@ def cru(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int =
     return CRU(in_channels, alpha, squeeze_ratio, group_size, group_kernel_size)
 
 
-@register_op("scconv", kind="conv", paper=PAPER, stride=False, channel_change=False)
+@register_op("scconv", kind="conv", paper=PAPER, script=True, stride=False, channel_change=False)
 class SCConv(nn.Module):
     """SRU then CRU; channel- and resolution-preserving (group_num 4, alpha 1/2, squeeze 2)."""
 

@@ -3,8 +3,6 @@
 Every upsampler maps (N, C, H, W) to (N, C, s*H, s*W) and takes ``forward(x, guide=None)``.
 """
 
-from __future__ import annotations
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,29 +17,29 @@ class Upsampler(nn.Module):
         self.channels, self.scale_factor = channels, scale_factor
 
 
-@register_op("nearest", kind="upsample", exact_macs=True)
+@register_op("nearest", kind="upsample", script=True, exact_macs=True)
 class NearestUpsample(Upsampler):
     """Nearest-neighbour interpolation (stock FPN top-down path); no parameters, no MACs."""
 
     def forward(self, x: Tensor, guide: Tensor | None = None) -> Tensor:
-        return F.interpolate(x, scale_factor=self.scale_factor, mode="nearest")
+        return F.interpolate(x, scale_factor=float(self.scale_factor), mode="nearest")
 
     def macs(self, x: Tensor, guide: Tensor | None = None) -> int:
         return 0
 
 
-@register_op("bilinear", kind="upsample")
+@register_op("bilinear", kind="upsample", script=True)
 class BilinearUpsample(Upsampler):
     """Bilinear interpolation (align_corners=False); counted as 4 MACs per output value."""
 
     def forward(self, x: Tensor, guide: Tensor | None = None) -> Tensor:
-        return F.interpolate(x, scale_factor=self.scale_factor, mode="bilinear", align_corners=False)
+        return F.interpolate(x, scale_factor=float(self.scale_factor), mode="bilinear", align_corners=False)
 
     def macs(self, x: Tensor, guide: Tensor | None = None) -> int:
         return 4 * x.numel() * self.scale_factor**2
 
 
-@register_op("deconv", kind="upsample", paper="Deconvolution (Zeiler et al., 2010)", exact_macs=True)
+@register_op("deconv", kind="upsample", script=True, paper="Deconvolution (Zeiler et al., 2010)", exact_macs=True)
 class DeconvUpsample(Upsampler):
     """Transposed convolution, kernel 2s, stride s, padding s/2: output exactly s x larger."""
 
@@ -58,7 +56,7 @@ class DeconvUpsample(Upsampler):
         return x.numel() * self.channels * k[0] * k[1]
 
 
-@register_op("pixel_shuffle", kind="upsample", paper="ESPCN (Shi et al., CVPR 2016)", exact_macs=True)
+@register_op("pixel_shuffle", kind="upsample", script=True, paper="ESPCN (Shi et al., CVPR 2016)", exact_macs=True)
 class PixelShuffleUpsample(Upsampler):
     """3x3 conv to C*s^2 channels, then pixel shuffle (sub-pixel convolution)."""
 
