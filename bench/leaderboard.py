@@ -45,6 +45,17 @@ class TaskView:
     baseline: Mapping[str, str]
     model_keys: tuple[str, ...] = ()
     cost_plots: bool = True
+    section_keys: tuple[str, ...] = ()
+
+    def model_label(self, record: Mapping[str, Any]) -> str:
+        """The row key's model part: the model keys' values, then the backbone (RetinaNet and Faster R-CNN never
+        mix)."""
+        return " ".join([*(str(record[k]) for k in self.model_keys if record.get(k)), record.get("backbone") or "-"])
+
+    def section_label(self, record: Mapping[str, Any]) -> str:
+        """The data part of a section title: the dataset, then the section keys' values (``shapes, scale=4``)."""
+        return ", ".join([record.get("data") or "-", *(f"{k}={record[k]}" for k in self.section_keys
+                                                       if record.get(k) is not None)])
 
     def metric(self, name: str) -> Metric:
         """The declared metric ``name``, or a plain higher-is-better one for a figure the task did not declare."""
@@ -60,7 +71,8 @@ def task_view(task: str, records: Iterable[dict[str, Any]] = ()) -> TaskView:
     """The view of ``task`` from its spec; a task that is not installed ranks by its first metric, higher first."""
     spec = find_task(task)
     if spec is not None:
-        return TaskView(spec.metrics, spec.primary_metric, spec.baseline, spec.model_keys, spec.cost_plots)
+        return TaskView(spec.metrics, spec.primary_metric, spec.baseline, spec.model_keys, spec.cost_plots,
+                        spec.section_keys)
     names = sorted({m for r in records for m in r.get("metrics", {})})
     metrics = tuple(Metric(name) for name in names) or (Metric("-"),)
     return TaskView(metrics, metrics[0], {"op": "conv"})
@@ -207,10 +219,9 @@ def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[R
     succeeded = [(path, record) for path, record in records if record["status"] == "success"]
     recipes = _recipe_labels(succeeded)
     for path, record in succeeded:
-        section = (record["task"], record.get("data") or "-", _hardware(record))
-        names = [str(record[k]) for k in task_view(record["task"]).model_keys if record.get(k)]
-        model = " ".join([*names, record.get("backbone") or "-"])  # e.g. RetinaNet and Faster R-CNN never mix
-        key = (model, _with_kwargs(record.get("op"), record.get("op_kwargs")),
+        view = task_view(record["task"])
+        section = (record["task"], view.section_label(record), _hardware(record))
+        key = (view.model_label(record), _with_kwargs(record.get("op"), record.get("op_kwargs")),
                _with_kwargs(record.get("upsampler"), record["config"].get("upsampler_kwargs")), recipes[path])
         tables[section].setdefault(key, Row(key)).records.append((path, record))
     for rows in tables.values():
@@ -266,11 +277,13 @@ def ranking(view: TaskView) -> str:
 
 def _baseline(view: TaskView, rows: list[Row], row: Row) -> Row | None:
     """The row's configuration with the task's baseline fields (``op=conv``, its stock upsampler) in place."""
-    key = list(row.key)
-    for name, value in view.baseline.items():
-        value = value(row.records[0][1]) if callable(value) else value
+    key, record = list(row.key), row.records[0][1]
+    values = {name: value(record) if callable(value) else value for name, value in view.baseline.items()}
+    for name, value in values.items():
         if name in KEY_FIELDS and key[KEY_FIELDS[name]] != "-" and value is not None:
             key[KEY_FIELDS[name]] = value
+    if models := {name: value for name, value in values.items() if name in view.model_keys and value is not None}:
+        key[0] = view.model_label({**record, **models})
     return next((r for r in rows if r.key == tuple(key)), None)
 
 

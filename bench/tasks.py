@@ -107,7 +107,8 @@ RESERVED_FIELDS = {"schema_version", "run_id", "task", "op", "op_kwargs", "data"
                    "wall_time_s", "backbone", "op_metadata", "batch_plan", "steps", "resumed_from_step", "curves"}
 """Record fields every run has or the runner sets; `TaskResult.fields` cannot replace them."""
 BASELINE_FIELDS = ("op", "upsampler")
-"""Record fields a leaderboard baseline rule may replace (the row's other fields stay)."""
+"""Record fields a leaderboard baseline rule may replace beside the task's model keys (the row's other fields
+stay)."""
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,14 @@ class TaskSpec:
     """Default ``data`` and ``recipe`` choices (``{"data": "shapes", "recipe": "quick"}``)."""
     baseline: Mapping[str, str | PerModel] = field(default_factory=lambda: {"op": "conv"})
     """Leaderboard deltas: the baseline row is the row's configuration with these fields replaced
-    (`BASELINE_FIELDS`); a `PerModel` value depends on the row's model."""
+    (`BASELINE_FIELDS` and the ``model_keys``: depth's non-learned row); a `PerModel` value depends on the
+    row's model."""
     op_kinds: tuple[str, ...] = ("conv",)
     """The operator kinds ``op=`` may name; ``op=all`` sweeps them."""
     model_keys: tuple[str, ...] = ()
     """Record fields that name the model beside the backbone (``detector``): rows never mix them."""
+    section_keys: tuple[str, ...] = ()
+    """Record fields that split the task's leaderboard into sections (depth's ``scale``): never compared."""
     default_model: str = ""
     """The model a run builds when none is named, for `bench list tasks` (``resnet20``)."""
     profiled: str = ""
@@ -157,8 +161,9 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r}: primary metric {self.primary!r} is not one of its metrics {names}")
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name!r}: metric names repeat: {names}")
-        if unknown := sorted(set(self.baseline) - set(BASELINE_FIELDS)):
-            raise ValueError(f"task {self.name!r}: a baseline rule can set {', '.join(BASELINE_FIELDS)}, not "
+        if unknown := sorted(set(self.baseline) - {*BASELINE_FIELDS, *self.model_keys}):
+            raise ValueError(f"task {self.name!r}: a baseline rule can set {', '.join(BASELINE_FIELDS)} and the "
+                             f"model keys, not "
                              f"{', '.join(unknown)}")
 
     @property

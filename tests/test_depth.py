@@ -90,15 +90,20 @@ def test_rmse_mae_delta1_per_image_on_a_hand_computed_case() -> None:
     assert restore(torch.full((1, 1, 1, 1), 0.5), torch.tensor([[2.0, 4.0]])).item() == 3.0
 
 
-@pytest.mark.parametrize("upsampler", ["pac", "ddf_up", "carafe", "bilinear"])
-def test_network_upsamples_with_guided_and_unguided_slots(upsampler: str) -> None:
-    net = JointUpsampler(8, upsampler)
-    out = net(torch.rand(2, 1, 3, 5), torch.rand(2, 3, 24, 40))
+@pytest.mark.parametrize("upsampler, guided", [("pac", True), ("ddf_up", True), ("ddf_up", False), ("carafe", True),
+                                              ("bilinear", True)])
+def test_network_upsamples_with_guided_and_unguided_slots(upsampler: str, guided: bool) -> None:
+    net = JointUpsampler(8, upsampler, guided=guided)
+    guide = torch.rand(2, 3, 24, 40, requires_grad=True)
+    out = net(torch.rand(2, 1, 3, 5), guide)
     assert out.shape == (2, 1, 24, 40) and len(net.ups) == 3
     out.mean().backward()
-    guided = upsampler in ("pac", "ddf_up")
-    assert net.upsample_metadata["unguided_slots"] == ([] if guided else ["up1", "up2", "up3"])
-    assert all(p.grad is not None for p in net.guidance.parameters()) == guided  # the guide only matters if used
+    uses_guide = guided and upsampler in ("pac", "ddf_up")
+    assert net.guided == uses_guide and (net.guidance is not None) == uses_guide  # no branch that nothing reads
+    assert net.upsample_metadata["unguided_slots"] == ([] if uses_guide else ["up1", "up2", "up3"])
+    assert (guide.grad is not None) == uses_guide
+    if uses_guide:
+        assert all(p.grad is not None for p in net.guidance.parameters())
 
 
 def test_parameter_count_is_pacs_at_the_same_widths() -> None:

@@ -348,3 +348,29 @@ def test_resumed_runs_are_marked_as_not_bit_reproducible(tmp_path: Path) -> None
     clean = tmp_path / "clean" / "results"
     record(clean, "conv", 0, 0.8)
     assert "resumed from a checkpoint" not in generate([clean], clean.parent).paths[0].read_text()
+
+
+def test_depth_sections_split_by_scale_and_compare_with_the_non_learned_row(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    for scale, model, guide, upsampler, rmse in ((4, "interpolate", "none", "bilinear", 0.80),
+                                                 (4, "pac_net", "rgb", "ddf_up", 0.60),
+                                                 (4, "pac_net", "none", "ddf_up", 0.75),
+                                                 (4, "pac_net", "none", "deconv", 0.70),
+                                                 (8, "interpolate", "none", "bilinear", 1.10),
+                                                 (8, "pac_net", "rgb", "pac", 1.00)):
+        config = {"op": "conv", "seed": 0, "upsampler": upsampler, "data": {"name": "shapes"},
+                  "recipe": {"name": "quick"}}
+        r = new_record("depth", config, f"bench run task=depth model={model} upsampler={upsampler} scale={scale}",
+                       "p" * 64)
+        r.update(status="success", model=model, guide=guide, scale=scale, upsampler=upsampler,
+                 metrics={"rmse": rmse, "mae": rmse / 2, "delta1": 0.9}, efficiency={"params": 1000, "macs": 10**9})
+        r["provenance"]["hardware"] = {"label": "CPU A"}
+        write_record(r, folder)
+    generate([folder], tmp_path)
+    md = (tmp_path / "README.md").read_text()
+    x4, x8 = md.split("depth on shapes, scale=4")[1].split("depth on shapes, scale=8")
+    rows4 = [line for line in x4.splitlines() if line.startswith(("| pac_net", "| interpolate"))]
+    assert [row.split("|")[1].strip() + " " + row.split("|")[3].strip() for row in rows4] == [
+        "pac_net rgb - ddf_up", "pac_net none - deconv", "pac_net none - ddf_up", "interpolate none - bilinear"]
+    assert "| -20.00 |" in rows4[0] and "| -10.00 |" in rows4[1] and "| -5.00 |" in rows4[2]  # cm vs bilinear
+    assert "| -10.00 |" in next(line for line in x8.splitlines() if line.startswith("| pac_net rgb"))

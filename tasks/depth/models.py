@@ -5,8 +5,9 @@ a target branch on the normalised low-resolution depth (three 5x5 convs to 32 ch
 a guidance branch on the RGB image (three 5x5 convs, 32, 32, then 16 channels per 2x stage), log2(scale)
 upsampling stages (32 -> 32 channels, ReLU after each), then a final branch (5x5 conv 32, ReLU, 5x5 conv to
 one channel). Each stage is an upsample slot: the registered upsampler receives the stage's 16-channel guide
-slice, resized bilinearly to the stage's output resolution as PAC does; upsamplers that take no guide run
-unguided in the same slot, so only the upsampler differs between rows. ``Interpolate`` is the non-learned
+slice, resized bilinearly to the stage's output resolution as PAC does. Upsamplers that take no guide run
+unguided in the same slots, and then the guidance branch, which nothing would read, is not built (nor
+with ``guided=False``, the unguided ablation of a guided upsampler). ``Interpolate`` is the non-learned
 row: the low-resolution depth upsampled by a parameter-free upsampler, nothing trained.
 """
 
@@ -50,20 +51,26 @@ class JointUpsampler(nn.Module):
     """PAC's joint upsampling network, its PAC transposed convs replaced by upsample slots."""
 
     def __init__(self, scale: int, upsampler: str = "pac", upsampler_kwargs: Mapping[str, Any] | None = None,
-                 guide_channels: int = 3) -> None:
+                 guide_channels: int = 3, guided: bool = True) -> None:
         super().__init__()
         self.scale, stages = scale, stages_for(scale)
-        self.target = branch([1, WIDTH, WIDTH, WIDTH])
-        self.guidance = branch([guide_channels, WIDTH, WIDTH, GUIDE_PER_STAGE * stages])
         slots = UpsampleSlots(upsampler, dict(upsampler_kwargs or {}), network="depth")
-        self.ups = nn.ModuleList(slots(f"up{i + 1}", WIDTH, 2, guide_channels=GUIDE_PER_STAGE) for i in range(stages))
+        self.guided = guided and slots.info.guide
+        self.target = branch([1, WIDTH, WIDTH, WIDTH])
+        self.guidance = branch([guide_channels, WIDTH, WIDTH, GUIDE_PER_STAGE * stages]) if self.guided else None
+        self.ups = nn.ModuleList(slots(f"up{i + 1}", WIDTH, 2, guide_channels=GUIDE_PER_STAGE if self.guided else None)
+                                 for i in range(stages))
         self.final = branch([WIDTH, WIDTH, 1])
-        self.upsample_metadata = slots.metadata()
+        self.upsample_metadata = {**slots.metadata(), "unguided_slots": [] if self.guided else list(slots.filled)}
 
     def forward(self, low: Tensor, guide: Tensor) -> Tensor:
         """Normalised high-resolution depth (N, 1, H, W) from ``low`` (N, 1, H/s, W/s) and ``guide`` (N, 3, H, W)."""
-        x, g = self.target(low), self.guidance(guide)
+        x = self.target(low)
+        g = self.guidance(guide) if self.guidance is not None else None
         for i, up in enumerate(self.ups):
+            if g is None:
+                x = F.relu(up(x))
+                continue
             size = (low.shape[-2] * 2 ** (i + 1), low.shape[-1] * 2 ** (i + 1))
             part = g[:, i * GUIDE_PER_STAGE:(i + 1) * GUIDE_PER_STAGE]
             if part.shape[-2:] != size:
@@ -83,7 +90,9 @@ class Interpolate(nn.Module):
         if any(True for _ in self.up.parameters()):
             raise ValueError(f"model=interpolate is the non-learned row; upsampler {upsampler!r} has parameters "
                              "(use nearest or bilinear, or the trained network)")
-        self.upsample_metadata = {"upsampler": upsampler, "upsample_slots": ["low_to_high"], "unguided_slots": []}
+        self.guided = False
+        self.upsample_metadata = {"upsampler": upsampler, "upsample_slots": ["low_to_high"],
+                                  "unguided_slots": ["low_to_high"]}
 
     def forward(self, low: Tensor, guide: Tensor) -> Tensor:
         return self.up(low)

@@ -27,12 +27,13 @@ from bench.recipes import BatchPlan
 from bench.schema import TrainingRecipe
 from bench.tasks import Metric, TaskResult, TaskSpec
 from tasks.depth.data import DepthData, DepthDataConfig
-from tasks.depth.models import MODELS
+from tasks.depth.models import MODELS, Interpolate, JointUpsampler
 from tasks.training import TrainingJob, check_finite, configure_optimizers, train_and_test
 
 DEFAULT_MODEL = next(iter(MODELS))
 DEFAULT_UPSAMPLER = {"pac_net": "pac", "interpolate": "bilinear"}
 SCALES = (4, 8, 16)
+GUIDES = ("rgb", "none")
 DELTA1 = 1.25
 
 
@@ -56,8 +57,9 @@ class DepthRecipe(TrainingRecipe):
 class DepthKeys:
     """Top-level keys only depth accepts."""
 
-    scale: int = 8  # 4, 8 or 16
+    scale: int = 4  # 4, 8 or 16
     model: Optional[str] = None  # pac_net (None) or interpolate (the non-learned row)
+    guide: str = "rgb"  # rgb: the RGB image guides the upsamplers that take a guide; none: every slot unguided
 
 
 def restore(normalised: Tensor, depth_range: Tensor) -> Tensor:
@@ -144,11 +146,14 @@ def run(cfg: DictConfig, run_dir: str) -> TaskResult:
 
     def build(plan: BatchPlan) -> TrainingJob:
         data = DepthData(cfg, plan.per_device_batch)
-        net = MODELS[name](scale, upsampler, OmegaConf.to_container(cfg.upsampler_kwargs, resolve=True))
+        kwargs = OmegaConf.to_container(cfg.upsampler_kwargs, resolve=True)
+        net = (JointUpsampler(scale, upsampler, kwargs, guided=cfg.guide == "rgb") if name == "pac_net"
+               else Interpolate(scale, upsampler, kwargs))
         return TrainingJob(DepthModule(net, cfg.recipe, plan), data,
                            lambda: profile(net, int(cfg.task.profile_size), scale),
-                           op_metadata=net.upsample_metadata, fields={"upsampler": upsampler, "model": name,
-                                                                      "scale": scale})
+                           op_metadata=net.upsample_metadata,
+                           fields={"upsampler": upsampler, "model": name, "scale": scale,
+                                   "guide": "rgb" if net.guided else "none"})
 
     return train_and_test(cfg, run_dir, build, validation_metric="val_rmse", train=name != "interpolate")
 
@@ -158,6 +163,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.scale not in SCALES:
         raise ConfigError(f"scale={cfg.scale}: joint depth upsampling runs at {', '.join(map(str, SCALES))}.")
     model_name(cfg)
+    if cfg.guide not in GUIDES:
+        raise ConfigError(f"guide={cfg.guide}: the depth network's upsamplers are guided by {' or '.join(GUIDES)}.")
     if cfg.op != "conv":
         raise ConfigError(f"op={cfg.op}: the depth network has no conv-operator slots (its convs are PAC's plain "
                           "ones); compare upsample-kind operators with upsampler=NAME.")
@@ -183,9 +190,10 @@ TASK = TaskSpec(
     keys=DepthKeys,
     upsample_slots=True,
     defaults={"data": "shapes", "recipe": "quick"},
-    baseline={"upsampler": "bilinear"},
-    model_keys=("model", "scale"),
-    default_model="pac_net (PAC's PacJointUpsample) with upsampler=pac, scale=8",
+    baseline={"model": "interpolate", "guide": "none", "upsampler": "bilinear"},
+    model_keys=("model", "guide"),
+    section_keys=("scale",),
+    default_model="pac_net (PAC's PacJointUpsample) with upsampler=pac, scale=4, guided by the RGB image",
     profiled="the whole network at task.profile_size squared (PAC's crop, 256)",
     ranges={"task.profile_size": (1, None), "recipe.crop_size": (1, None), "data.eval_border": (0, None)},
     validate=validate,
