@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 BENCH := $(VENV)/bin/bench
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha256sum | cut -c1-16)
-DEMO_OPS := conv,dwconv,octconv,goctconv,ddf,scconv,sru,cru,nearest,bilinear,deconv,pixel_shuffle,carafe,ddf_up,pac
+DEMO_OPS := conv,dwconv,octconv,goctconv,ddf,scconv,sru,cru,nearest,bilinear,deconv,pixel_shuffle,carafe,ddf_up,pac,jbu
 DEMO := outputs/demo
 
 .PHONY: install demo test clean

@@ -12,7 +12,7 @@ from operators.registry import (
 )
 
 # Importing the built-in operator modules registers them.
-from operators import carafe, conv, ddf, octconv, pac, scconv, upsample  # noqa: E402,F401  isort: skip
+from operators import carafe, conv, ddf, jbu, octconv, pac, scconv, upsample  # noqa: E402,F401  isort: skip
 
 __all__ = ["OpInfo", "OperatorError", "create_op", "create_upsampler", "list_ops", "op_info",
            "register_op", "unregister_op"]

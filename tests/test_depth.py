@@ -127,14 +127,17 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "4, 8, 16" in err and "no conv-operator slots" in err and "HDF5" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("extra, learned", [(["upsampler=pac"], True), (["model=interpolate"], False)])
-def test_tiny_runs_write_depth_records(tmp_path: Path, extra: list[str], learned: bool) -> None:
+@pytest.mark.parametrize("extra, learned, guide", [(["upsampler=pac"], True, "rgb"),
+                                                   (["upsampler=deconv"], True, "none"),
+                                                   (["model=interpolate"], False, "none"),
+                                                   (["model=interpolate", "upsampler=jbu"], False, "rgb")])
+def test_tiny_runs_write_depth_records(tmp_path: Path, extra: list[str], learned: bool, guide: str) -> None:
     args = [*TINY, *extra, "recipe.epochs=1", "recipe.global_batch=4", "recipe.eval_batch=4", "task.profile_size=32",
             f"results_dir={tmp_path}/r", f"runs_dir={tmp_path}/runs"]
     assert main(["run", *args]) == 0
     (path,) = sorted((tmp_path / "r").glob("depth/*.json"))
     record = json.loads(path.read_text())
-    assert record["status"] == "success" and record["scale"] == 4
+    assert record["status"] == "success" and record["scale"] == 4 and record["guide"] == guide
     assert record["steps"] == (2 if learned else 0)
     assert {"rmse", "mae", "delta1"} <= set(record["metrics"]) and record["metrics"]["rmse"] > 0
     assert (record["efficiency"]["params"] > 0) == learned

@@ -8,7 +8,8 @@ one channel). Each stage is an upsample slot: the registered upsampler receives 
 slice, resized bilinearly to the stage's output resolution as PAC does. Upsamplers that take no guide run
 unguided in the same slots, and then the guidance branch, which nothing would read, is not built (nor
 with ``guided=False``, the unguided ablation of a guided upsampler). ``Interpolate`` is the non-learned
-row: the low-resolution depth upsampled by a parameter-free upsampler, nothing trained.
+row: the low-resolution depth upsampled by a parameter-free upsampler (bilinear; or ``jbu``, joint bilateral
+upsampling guided by the RGB image), nothing trained.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.operator_slot import UpsampleSlots
-from operators.registry import create_upsampler
+from operators.registry import create_upsampler, op_info
 
 GUIDE_PER_STAGE = 16
 WIDTH = 32
@@ -80,22 +81,24 @@ class JointUpsampler(nn.Module):
 
 
 class Interpolate(nn.Module):
-    """The non-learned row: the low-resolution depth upsampled by a parameter-free upsampler (no guide)."""
+    """The non-learned rows: the low-resolution depth upsampled by a parameter-free upsampler, guided by the RGB
+    image where the upsampler takes a guide (``jbu``) and ``guided``."""
 
-    def __init__(self, scale: int, upsampler: str = "bilinear", upsampler_kwargs: Mapping[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, scale: int, upsampler: str = "bilinear", upsampler_kwargs: Mapping[str, Any] | None = None,
+                 guide_channels: int = 3, guided: bool = True) -> None:
         super().__init__()
         self.scale = scale
-        self.up = create_upsampler(upsampler, 1, scale, **dict(upsampler_kwargs or {}))
+        self.guided = guided and op_info(upsampler).guide
+        self.up = create_upsampler(upsampler, 1, scale, guide_channels=guide_channels if self.guided else None,
+                                   **dict(upsampler_kwargs or {}))
         if any(True for _ in self.up.parameters()):
             raise ValueError(f"model=interpolate is the non-learned row; upsampler {upsampler!r} has parameters "
-                             "(use nearest or bilinear, or the trained network)")
-        self.guided = False
+                             "(use nearest, bilinear or jbu, or the trained network)")
         self.upsample_metadata = {"upsampler": upsampler, "upsample_slots": ["low_to_high"],
-                                  "unguided_slots": ["low_to_high"]}
+                                  "unguided_slots": [] if self.guided else ["low_to_high"]}
 
     def forward(self, low: Tensor, guide: Tensor) -> Tensor:
-        return self.up(low)
+        return self.up(low, guide) if self.guided else self.up(low)
 
 
 MODELS = {"pac_net": JointUpsampler, "interpolate": Interpolate}

@@ -27,7 +27,7 @@ from bench.recipes import BatchPlan
 from bench.schema import TrainingRecipe
 from bench.tasks import Metric, TaskResult, TaskSpec
 from tasks.depth.data import DepthData, DepthDataConfig
-from tasks.depth.models import MODELS, Interpolate, JointUpsampler
+from tasks.depth.models import MODELS
 from tasks.training import TrainingJob, check_finite, configure_optimizers, train_and_test
 
 DEFAULT_MODEL = next(iter(MODELS))
@@ -147,8 +147,7 @@ def run(cfg: DictConfig, run_dir: str) -> TaskResult:
     def build(plan: BatchPlan) -> TrainingJob:
         data = DepthData(cfg, plan.per_device_batch)
         kwargs = OmegaConf.to_container(cfg.upsampler_kwargs, resolve=True)
-        net = (JointUpsampler(scale, upsampler, kwargs, guided=cfg.guide == "rgb") if name == "pac_net"
-               else Interpolate(scale, upsampler, kwargs))
+        net = MODELS[name](scale, upsampler, kwargs, guided=cfg.guide == "rgb")
         return TrainingJob(DepthModule(net, cfg.recipe, plan), data,
                            lambda: profile(net, int(cfg.task.profile_size), scale),
                            op_metadata=net.upsample_metadata,
