@@ -31,6 +31,7 @@ USAGE_EXIT = 2
 def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: bool,
                  fixed: Sequence[str] = (), json_path: str | None = None) -> int:
     from bench.runner import run
+    from bench.sweep import launch, make_jobs
 
     overrides, all_ops = expand_all_ops(overrides)
     multirun = multirun or all_ops
@@ -40,32 +41,59 @@ def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: b
         for cfg in configs:
             console.print(OmegaConf.to_yaml(cfg), end="", markup=False, highlight=False)
         return 0
-    failed, done = 0, []
-    for index, cfg in enumerate(configs):
-        if multirun:
-            console.rule(f"job {index + 1}/{len(configs)}: {' '.join(sweep[index])}")
+    done = []
+
+    def run_one(cfg, line: str) -> bool:
+        """One job in this process: True when it succeeded (or cannot be built: a sweep skips it)."""
         try:
-            record, path = run(cfg, shlex.join(["bench", command, *sweep[index]]))
-            if path is None:
-                continue  # not the global rank-zero process of a multi-process run
+            record, path = run(cfg, line)
         except ConfigError:
             raise
         except OperatorError as err:
             if not multirun:
                 raise
             errors.print(f"[yellow]skipped[/yellow]: {escape(str(err))}")  # a pairing that cannot be built
-            continue
+            return True
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
             notes = "".join(f" ({note})" for note in getattr(err, "__notes__", []))
             errors.print(f"[red]job failed[/red]: {escape(f'{type(err).__name__}: {err}{notes}')}")
-            failed += 1
-            continue
-        _print_summary(record, path)
-        done.append(record)
+            return False
+        if path is not None:  # None: not the global rank-zero process of a multi-process run
+            _print_summary(record, path)
+            done.append(record)
+        return True
+
+    if not multirun:
+        failed = 0 if run_one(configs[0], shlex.join(["bench", command, *overrides])) else 1
+    else:
+        jobs = make_jobs(command, sweep, configs)
+        failed = launch(jobs, lambda job: (console.rule(job.line), run_one(job.cfg, job.line))[1],
+                        lambda line: console.print(line, markup=False, highlight=False))
     if json_path:
         Path(json_path).write_text(json.dumps(done if multirun else done[0], indent=2, sort_keys=True) + "\n")
         console.print(f"json: {json_path}", markup=False, highlight=False)
     return 1 if failed else 0
+
+
+def cmd_sweep_status(overrides: list[str], fixed: Sequence[str] = ()) -> int:
+    """`bench sweep status -m ...`: every job of the sweep those overrides describe, and where it stands."""
+    from bench.sweep import make_jobs, states
+
+    overrides, _ = expand_all_ops(overrides)
+    sweep = expand_sweeps(overrides)
+    jobs = make_jobs("run", sweep, [compose("run", [*fixed, *ov]) for ov in sweep])
+    table = Table(title=f"sweep: {len(jobs)} jobs")
+    for column in ("#", "job", "state", "where", "detail"):
+        table.add_column(column, overflow="fold")
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    counts: dict[str, int] = {}
+    for index, (job, state) in enumerate(zip(jobs, states(jobs))):
+        counts[state.state] = counts.get(state.state, 0) + 1
+        table.add_row(str(index + 1), " ".join(o for o in job.overrides if o not in shared), state.state, state.where,
+                      state.detail)
+    console.print(table)
+    console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())), markup=False, highlight=False)
+    return 0
 
 
 def _rows(values: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -239,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-m", "--multirun", action="store_true", help="sweep: op=conv,ddf seed=0,1,2")
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
         p.add_argument("--json", metavar="FILE", help="also write the result record(s) to FILE")
+    p = sub.add_parser("sweep", help="where a sweep's jobs stand: bench sweep status -m op=conv,ddf seed=0,1,2")
+    p.add_argument("action", choices=["status"])
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="[-m] the sweep's KEY=VALUE overrides, as given to "
+                   "bench run -m")
     p = sub.add_parser("check", help="operator conformance suite: bench check op=NAME")
     p.add_argument("overrides", nargs="*", help="op=NAME [channels=16] [size=9]")
     p.add_argument("--all", action="store_true", help="check every registered operator")
@@ -260,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "profile":
             return _run_configs("profile", args.overrides, args.multirun, args.cfg, fixed=["task=profile"],
                                 json_path=args.json)
+        if args.command == "sweep":
+            return cmd_sweep_status([o for o in args.overrides if o not in ("-m", "--multirun")])
         if args.command == "check":
             return cmd_check(args)
         if args.command == "leaderboard":

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -28,8 +29,11 @@ from bench.results import new_record, write_record
 from bench.tasks import get_task
 from operators.registry import OperatorError
 
-NOT_IDENTITY = ("results_dir", "runs_dir", "resume")
+NOT_IDENTITY = ("results_dir", "runs_dir", "resume", "rerun", "launcher")
 """Keys that do not change what a run computes, so they stay out of its configuration hash."""
+RUNNING = "running.json"
+"""Written in a run's folder while it runs (process id and host), removed once its record is written: a marker
+left behind by a dead process is a run that was killed (`bench sweep status`)."""
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -81,6 +85,16 @@ def check_writable(results_dir: str) -> None:
                           "point results_dir at a folder you can write to.") from None
 
 
+def job_hash(cfg: DictConfig) -> str:
+    """The configuration hash a run of ``cfg`` records (what sweeps look finished jobs up by)."""
+    return config_hash(record_config(cfg))
+
+
+def config_runs(cfg: DictConfig, digest: str) -> Path:
+    """The folder holding every run of one configuration (each in a subfolder named by its run id)."""
+    return Path(cfg.runs_dir) / f"{cfg.task.name}-{digest[:12]}"
+
+
 def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
     """Seed, run ``cfg.task``, and write its record; returns the record and its path (None off rank zero).
 
@@ -93,21 +107,30 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
     config = record_config(cfg)
     digest = config_hash(config)
     record = new_record(cfg.task.name, config, command, digest)
-    run_dir = Path(cfg.runs_dir) / f"{cfg.task.name}-{digest[:12]}" / record["run_id"]  # never an earlier run's
+    run_dir = config_runs(cfg, digest) / record["run_id"]  # never an earlier run's
     record["provenance"]["run_dir"] = redact(str(run_dir), cfg)
     start = time.perf_counter()
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUNNING).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                   "command": command}))
 
     def finish(**fields: Any) -> Path | None:
         record.update(fields)
         record["provenance"].update(end_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                     wall_time_s=round(time.perf_counter() - start, 3))
         record["wall_time_s"] = record["provenance"]["wall_time_s"]
-        return write_record(record, cfg.results_dir) if rank_zero_only.rank == 0 else None
+        if rank_zero_only.rank != 0:
+            return None
+        path = write_record(record, cfg.results_dir)
+        (run_dir / RUNNING).unlink(missing_ok=True)
+        return path
 
     try:
         torch.manual_seed(cfg.seed)
         outcome = task.run(cfg, str(run_dir))
     except (ConfigError, OperatorError) as err:  # a request that cannot be built (mistake, refused pairing)
+        (run_dir / RUNNING).unlink(missing_ok=True)
         if (safe := redact(str(err), cfg)) != str(err):
             raise type(err)(safe) from None
         raise

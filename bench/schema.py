@@ -74,6 +74,38 @@ class TrainerConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How a sweep (``bench run -m``) runs its jobs: ``serial`` in this process, ``local`` processes in parallel,
+    or ``slurm`` jobs through submitit. Every job runs the single-job command its record stores."""
+
+    name: str = "serial"
+    retries: int = 0
+    """A failed job is run again (resuming from its checkpoint) up to this many times."""
+    jobs: int = 2
+    """local: jobs at once, each with its share of the CPU threads and of the visible GPUs."""
+    cluster: str = "slurm"
+    """slurm: submitit's executor, ``slurm``; ``local`` runs the same submission as local processes (tests)."""
+    wait: bool = False
+    """slurm: wait for the jobs to end (otherwise submit, print their ids and return)."""
+    folder: Optional[str] = None
+    """slurm: submitit's log folder (default ``runs_dir/sweeps/<sweep id>``)."""
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = 1
+    tasks_per_node: int = 1
+    """One task per GPU for DDP inside a job (Lightning reads SLURM's environment)."""
+    gpus_per_node: int = 0
+    cpus_per_task: int = 4
+    mem_gb: Optional[int] = None
+    timeout_min: int = 240
+    additional: dict[str, Any] = field(default_factory=dict)
+    """Extra sbatch options, e.g. ``launcher.additional.constraint=a100``."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before the job, e.g. ``module load cuda``."""
+
+
+@dataclass
 class RunConfig:
     """Keys shared by every task."""
 
@@ -81,6 +113,7 @@ class RunConfig:
     data: Any = None  # the task's data/*.yaml, if it reads data
     recipe: Any = None  # the task's recipe/*.yaml, if it trains
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     op: str = "conv"
     backbone: Optional[str] = None
     op_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +121,7 @@ class RunConfig:
     results_dir: str = "leaderboards/results"
     runs_dir: str = "outputs/runs"
     resume: bool = False
+    rerun: bool = False
     devices: Optional[int] = None
     num_nodes: Optional[int] = None
 
@@ -101,6 +135,9 @@ RANGES: dict[str, Bounds] = {
     "recipe.global_batch": (1, None), "recipe.max_device_batch": (1, None), "recipe.eval_batch": (1, None),
     "recipe.base_batch": (1, None), "recipe.epochs": (1, None), "recipe.lr": (0, None),
     "recipe.weight_decay": (0, None), "recipe.momentum": (0, 1), "recipe.gamma": (0, None),
+    "launcher.retries": (0, None), "launcher.jobs": (1, None), "launcher.nodes": (1, None),
+    "launcher.tasks_per_node": (1, None), "launcher.gpus_per_node": (0, None), "launcher.cpus_per_task": (1, None),
+    "launcher.timeout_min": (1, None),
     "recipe.warmup_epochs": (0, None), "recipe.warmup_iters": (0, None), "recipe.warmup_ratio": (0, 1),
 }
 """Bounds (inclusive, None: open) of the keys every task shares; a task adds its own (`TaskSpec.ranges`)."""

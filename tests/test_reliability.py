@@ -62,7 +62,7 @@ def test_a_failed_run_says_where_its_record_is(tmp_path: Path, capsys: pytest.Ca
 
 def test_values_read_from_the_environment_stay_out_of_records_and_errors(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setenv("BENCH_TEST_TOKEN", "s3cr3t-t0ken")
+    monkeypatch.setenv("BENCH_TEST_TOKEN", str(tmp_path / "s3cr3t-t0ken"))  # runs_dir: the run's folder goes there
     args = ["task=profile", "op=conv", "task.batch=1", "task.channels=4", "task.size=8", "task.warmup=0",
             "task.iters=2", "task.train=false", f"results_dir={tmp_path}/r"]
     assert main(["run", *args, "runs_dir=${oc.env:BENCH_TEST_TOKEN}"]) == 0
