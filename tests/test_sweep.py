@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.config import compose
 from bench.results import read_record
 from bench.runner import RUNNING, config_runs, job_hash
-from bench.sweep import Job, run_serial
+from bench.sweep import Job, make_jobs, pending, run_serial
 
 TINY = ["task.channels=8", "task.size=8", "task.iters=3", "task.warmup=1", "task.train=false"]
 
@@ -96,3 +96,16 @@ def test_a_failed_job_is_retried_from_its_checkpoint() -> None:
     assert attempts == [["op=conv"], ["op=conv", "resume=true"]] and cfg.resume is False
     attempts.clear()
     assert run_serial([Job("run", ["op=conv"], cfg, "h")], retries=0, run_one=lambda job: False) == 1
+
+
+def test_an_interrupted_job_resumes_and_a_repeated_one_runs_once(tmp_path: Path) -> None:
+    args = sweep_args(tmp_path, "conv")
+    cfg = compose("run", args)
+    (config_runs(cfg, job_hash(cfg)) / "20260101T000000-x").mkdir(parents=True)  # an attempt left its run folder
+    said: list[str] = []
+    local = [*args, "launcher=local"]
+    jobs = make_jobs("run", [args, args, local], [cfg, cfg, compose("run", local)])
+    (job,) = pending(jobs, said.append)
+    assert job.overrides == [*args, "resume=true"] and job.cfg.resume is True
+    assert all(j.overrides == args for j in jobs)  # launcher keys steer the sweep, not the job's command
+    assert sum("same configuration" in line for line in said) == 2
