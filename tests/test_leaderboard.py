@@ -374,3 +374,27 @@ def test_depth_sections_split_by_scale_and_compare_with_the_non_learned_row(tmp_
         "pac_net rgb - ddf_up", "pac_net none - deconv", "pac_net none - ddf_up", "interpolate none - bilinear"]
     assert "| -20.00 |" in rows4[0] and "| -10.00 |" in rows4[1] and "| -5.00 |" in rows4[2]  # cm vs bilinear
     assert "| -10.00 |" in next(line for line in x8.splitlines() if line.startswith("| pac_net rgb"))
+
+
+def curve_record(folder: Path, op: str, seed: int, val: list[float]) -> None:
+    path = record(folder, op, seed, val[-1])
+    r = json.loads(path.read_text())
+    r["curves"] = {"train_loss": [[10, 2.0], [20, 1.5]], "val_top1": [[i + 1, v] for i, v in enumerate(val)]}
+    path.write_text(json.dumps(r))
+
+
+def test_rows_whose_validation_curve_still_rises_are_flagged(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    curve_record(folder, "conv", 0, [0.50, 0.79, 0.800])
+    curve_record(folder, "conv", 1, [0.50, 0.80, 0.802])  # the mean gains 0.75% at the end: flat
+    curve_record(folder, "ddf", 0, [0.30, 0.50, 0.60])  # +20% in the last epoch
+    curve_record(folder, "dwconv", 0, [0.30, 0.50, 0.45])  # fell: nothing more to gain from the schedule
+    record(folder, "octconv", 0, 0.5)  # no curves
+    generate([folder], tmp_path)
+    md = (tmp_path / "README.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| backbone"))
+    column = [c.strip() for c in header.split("|")].index("converged")
+    flags = {line.split("|")[2].strip(): line.split("|")[column].strip()
+             for line in md.splitlines() if line.startswith("| resnet20")}
+    assert flags == {"conv": "yes", "ddf": "no (+20%)", "dwconv": "yes", "octconv": "-"}
+    assert "more than 1%" in md and "converged" in (tmp_path / "index.html").read_text()
