@@ -1,4 +1,4 @@
-"""Operator-swappable ResNets: ImageNet ResNet-18/34/50/101, CIFAR ResNet-20/56, and Oct-ResNet.
+"""Operator-swappable ResNets: ImageNet ResNet-18/34/50/101, CIFAR ResNet-20/56 and 29/164, and Oct-ResNet.
 
 One operator per block fills the block's spatial slot: the bottleneck's 3x3 ``conv2`` (as the DDF
 and SCConv papers do) and the basic block's channel-preserving second 3x3 conv; everything else is
@@ -305,6 +305,7 @@ def _cfg(cifar: bool = False, **kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({
     "op_resnet18": _cfg(), "op_resnet34": _cfg(), "op_resnet50": _cfg(), "op_resnet101": _cfg(),
     "op_resnet20": _cfg(cifar=True), "op_resnet56": _cfg(cifar=True),
+    "op_resnet29": _cfg(cifar=True), "op_resnet164": _cfg(cifar=True),
 })
 
 
@@ -350,3 +351,17 @@ def op_resnet20(pretrained: bool = False, **kwargs: Any) -> ResNet:
 def op_resnet56(pretrained: bool = False, **kwargs: Any) -> ResNet:
     """CIFAR ResNet-56 (3 stages of 9 basic blocks)."""
     return _create("op_resnet56", "basic", (9, 9, 9), pretrained, cifar_stem=True, **kwargs)
+
+
+@register_model
+def op_resnet29(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """CIFAR bottleneck ResNet-29 (3 stages of 3 bottlenecks, 16/32/64 wide, x4 outputs): the CPU-sized member of
+    ResNet-164's family, the operator in every bottleneck's 3x3 conv2, strided ones included."""
+    return _create("op_resnet29", "bottleneck", (3, 3, 3), pretrained, cifar_stem=True, **kwargs)
+
+
+@register_model
+def op_resnet164(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """CIFAR bottleneck ResNet-164 (3 stages of 18 bottlenecks; He et al., Identity Mappings, ECCV 2016, its
+    original post-activation form: 1.7M parameters)."""
+    return _create("op_resnet164", "bottleneck", (18, 18, 18), pretrained, cifar_stem=True, **kwargs)

@@ -66,6 +66,17 @@ def test_stride_fallback_is_recorded() -> None:
     assert timm.create_model("op_resnet50", op="ddf").op_metadata["stride_fallback"] is None
 
 
+def test_cifar_bottleneck_resnets_put_the_operator_where_the_papers_do() -> None:
+    assert round(params(timm.create_model("op_resnet164")) / 1e6, 1) == 1.7  # He et al. 2016: 1.7M
+    m = timm.create_model("op_resnet29", op="ddf")
+    slots = [name for name, module in m.named_modules() if getattr(module, "bench_op", None) == "ddf"]
+    assert slots == [f"layer{s}.{b}.conv2" for s in (1, 2, 3) for b in range(3)]  # every bottleneck's 3x3
+    assert m.op_metadata["stride_fallback"] is None and m.layer2[0].conv2.stride == 2  # DDF strides natively
+    assert timm.create_model("op_resnet29", op="scconv").op_metadata["stride_fallback_slots"] == [
+        "layer2.0.conv2", "layer3.0.conv2"]
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_depthwise_slots_stay_depthwise_for_the_baseline() -> None:
     m = timm.create_model("op_mobilenetv2")
     assert m.stages[1][0].spatial[0].groups == 96
