@@ -23,6 +23,11 @@ from operators.conv import Pointwise
 from operators.registry import OperatorError, register_op
 
 COMBINES = ("mul", "add")
+BRANCHES = ("both", "spatial", "channel")
+"""DDF's branch ablation: both dynamic filters, or one of them (the other then neutral: ones for ``mul``,
+zeros for ``add``)."""
+FILTER_NORMS = ("fn", "sigmoid")
+"""DDF's normalisation ablation: its filter normalisation, or a sigmoid on the raw filters."""
 BACKEND = os.environ.get("BENCH_DDF_BACKEND", "auto")
 """``auto`` (compiled CPU kernel where possible), ``cpp`` (require it) or ``torch`` (the PyTorch loop)."""
 _SOURCE = Path(__file__).with_name("csrc") / "ddf_cpu.cpp"
@@ -248,27 +253,35 @@ class DDF(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, head: int = 1, se_ratio: float = 0.2, nonlinearity: str = "relu",
-                 kernel_combine: str = "mul") -> None:
+                 kernel_combine: str = "mul", branches: str = "both", filter_norm: str = "fn") -> None:
         super().__init__()
         if out_channels not in (None, in_channels):
             raise OperatorError(f"ddf preserves channels: cannot map {in_channels} to {out_channels}")
         if kernel_combine not in COMBINES:
             raise OperatorError(f"ddf: kernel_combine must be one of {COMBINES}, got {kernel_combine!r}")
+        if branches not in BRANCHES or filter_norm not in FILTER_NORMS:
+            raise OperatorError(f"ddf: branches must be one of {BRANCHES} and filter_norm one of {FILTER_NORMS}, "
+                                f"got {branches!r} and {filter_norm!r}")
         if in_channels % head:
             raise OperatorError(f"ddf: in_channels ({in_channels}) must be divisible by head ({head})")
         if kernel_size % 2 != 1:
             raise OperatorError(f"ddf: kernel_size must be odd, got {kernel_size}")
         self.channels, self.kernel_size, self.stride, self.dilation = in_channels, kernel_size, stride, dilation
-        self.head, self.kernel_combine = head, kernel_combine
+        self.head, self.kernel_combine, self.branches, self.filter_norm = head, kernel_combine, branches, filter_norm
         taps = kernel_size**2
         gain = nn.init.calculate_gain(nonlinearity)
-        self.spatial_branch = Pointwise(in_channels, head * taps, stride, bias=True)
-        self.spatial_norm = FilterNorm(head, kernel_size, "spatial", gain, learnable_std=False)
-        mid = max(1, int(in_channels * se_ratio))
-        self.channel_branch = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, mid, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, in_channels * taps, 1))
-        self.channel_norm = FilterNorm(in_channels, kernel_size, "channel", gain, learnable_std=True)
+        self.spatial_branch = self.spatial_norm = self.channel_branch = self.channel_norm = None
+        if branches != "channel":
+            self.spatial_branch = Pointwise(in_channels, head * taps, stride, bias=True)
+            self.spatial_norm = (FilterNorm(head, kernel_size, "spatial", gain, learnable_std=False)
+                                 if filter_norm == "fn" else nn.Sigmoid())
+        if branches != "spatial":
+            mid = max(1, int(in_channels * se_ratio))
+            self.channel_branch = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, mid, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(mid, in_channels * taps, 1))
+            self.channel_norm = (FilterNorm(in_channels, kernel_size, "channel", gain, learnable_std=True)
+                                 if filter_norm == "fn" else nn.Sigmoid())
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -277,21 +290,29 @@ class DDF(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         k, g = self.kernel_size, self.head
-        channel = self.channel_norm(self.channel_branch(x)).reshape(n * g, c // g, k, k)
-        spatial = self.spatial_norm(self.spatial_branch(x))
-        h_out, w_out = spatial.shape[2:]
-        spatial = spatial.reshape(n * g, k * k, h_out, w_out)
+        h_out, w_out = output_size(h, self.stride), output_size(w, self.stride)
+        neutral = 1.0 if self.kernel_combine == "mul" else 0.0  # the ablated branch leaves the other one alone
+        if self.channel_branch is not None:
+            channel = self.channel_norm(self.channel_branch(x)).reshape(n * g, c // g, k, k)
+        else:
+            channel = x.new_full((n * g, c // g, k, k), neutral)
+        if self.spatial_branch is not None:
+            spatial = self.spatial_norm(self.spatial_branch(x)).reshape(n * g, k * k, h_out, w_out)
+        else:
+            spatial = x.new_full((n * g, k * k, h_out, w_out), neutral)
         y = ddf(x.reshape(n * g, c // g, h, w), channel, spatial, k, self.dilation, self.stride, self.kernel_combine)
         return y.reshape(n, c, h_out, w_out)
 
     def macs(self, x: Tensor) -> int:
         n, c, h, w = x.shape
         k2, h_out, w_out = self.kernel_size**2, output_size(h, self.stride), output_size(w, self.stride)
-        mid = self.channel_branch[1].out_channels
-        spatial = n * c * self.head * k2 * h_out * w_out
-        channel = n * (c * h * w + c * mid + mid * c * k2)  # pooling, then two 1x1 convs on 1x1 maps
-        norms = 3 * n * k2 * (self.head * h_out * w_out + c)  # standardise and scale every filter tap
-        return spatial + channel + norms + ddf_macs(tuple(x.shape), self.kernel_size, self.stride)
+        total = ddf_macs(tuple(x.shape), self.kernel_size, self.stride)
+        if self.spatial_branch is not None:
+            total += n * c * self.head * k2 * h_out * w_out + 3 * n * k2 * self.head * h_out * w_out
+        if self.channel_branch is not None:
+            mid = self.channel_branch[1].out_channels
+            total += n * (c * h * w + c * mid + mid * c * k2) + 3 * n * k2 * c  # pool, two 1x1 convs, the norm
+        return total
 
 
 @register_op("ddf_up", kind="upsample", paper="Decoupled Dynamic Filter Networks (Zhou et al., CVPR 2021)",

@@ -148,3 +148,34 @@ def test_channels_last_input_uses_the_same_math_and_keeps_its_layout(backend, co
     torch.testing.assert_close(y, oracle(x, ch, sp, 3, 1, 2, combine))
     leaves = (x_cl, ch.requires_grad_(), sp.requires_grad_())
     assert torch.autograd.gradcheck(lambda a, b, c: ddf(a, b, c, 3, 1, 2, combine), leaves)
+
+
+@pytest.mark.parametrize("combine", ["mul", "add"])
+def test_branch_ablation_switches_one_dynamic_filter_off(combine: str) -> None:
+    """The DDF paper's ablation: spatial only, channel only, both; the switched-off filter is neutral."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 7)
+    both = create_op("ddf", 8, 8, 3, 2, kernel_combine=combine)
+    spatial = create_op("ddf", 8, 8, 3, 2, kernel_combine=combine, branches="spatial")
+    channel = create_op("ddf", 8, 8, 3, 2, kernel_combine=combine, branches="channel")
+    assert spatial.channel_branch is None and channel.spatial_branch is None
+    assert sum(p.numel() for p in spatial.parameters()) + sum(p.numel() for p in channel.parameters()) == sum(
+        p.numel() for p in both.parameters())
+    neutral = 1.0 if combine == "mul" else 0.0
+    spatial.spatial_branch.load_state_dict(both.spatial_branch.state_dict())
+    sp = both.spatial_norm(both.spatial_branch(x)).reshape(2, 9, 4, 4)
+    want = ddf(x, torch.full((2, 8, 3, 3), neutral), sp, 3, 1, 2, combine)
+    assert torch.allclose(spatial(x), want, atol=1e-6)
+    channel.channel_branch.load_state_dict(both.channel_branch.state_dict())
+    channel.channel_norm.load_state_dict(both.channel_norm.state_dict())
+    ch = both.channel_norm(both.channel_branch(x)).reshape(2, 8, 3, 3)
+    assert torch.allclose(channel(x), ddf(x, ch, torch.full((2, 9, 4, 4), neutral), 3, 1, 2, combine), atol=1e-6)
+    assert spatial.macs(x) < both.macs(x) and channel.macs(x) < both.macs(x)
+
+
+def test_sigmoid_normalisation_replaces_filter_normalisation() -> None:
+    m = create_op("ddf", 8, 8, filter_norm="sigmoid")
+    assert isinstance(m.spatial_norm, torch.nn.Sigmoid) and isinstance(m.channel_norm, torch.nn.Sigmoid)
+    assert m(torch.randn(1, 8, 5, 5)).shape == (1, 8, 5, 5)
+    with pytest.raises(OperatorError, match="branches must be one of"):
+        create_op("ddf", 8, 8, branches="neither")
