@@ -9,12 +9,14 @@ success, and never as a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import socket
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +34,29 @@ from operators.registry import OperatorError
 NOT_IDENTITY = ("results_dir", "runs_dir", "resume", "rerun", "launcher")
 """Keys that do not change what a run computes, so they stay out of its configuration hash."""
 RUNNING = "running.json"
-"""Written in a run's folder while it runs (process id and host), removed once its record is written: a marker
-left behind by a dead process is a run that was killed (`bench sweep status`)."""
+"""Written in a run's folder while it runs (process id and host), touched every `HEARTBEAT_S`, removed once its
+record is written: a marker whose process is gone, or (on another host) that stopped being touched, is a run
+that was killed or lost its node (`bench sweep status`, and sweeps rerun it)."""
+HEARTBEAT_S = 60.0
+
+
+class RunMarker:
+    """The `RUNNING` marker of one run: written, kept fresh by a daemon thread, removed by :meth:`close`."""
+
+    def __init__(self, run_dir: Path, command: str) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path, self.stop = run_dir / RUNNING, threading.Event()
+        self.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command}))
+        threading.Thread(target=self._beat, daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.path.unlink(missing_ok=True)
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -110,10 +133,7 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
     run_dir = config_runs(cfg, digest) / record["run_id"]  # never an earlier run's
     record["provenance"]["run_dir"] = redact(str(run_dir), cfg)
     start = time.perf_counter()
-    if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUNNING).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                   "command": command}))
+    marker = RunMarker(run_dir, command) if rank_zero_only.rank == 0 else None
 
     def finish(**fields: Any) -> Path | None:
         record.update(fields)
@@ -123,14 +143,15 @@ def run(cfg: DictConfig, command: str) -> tuple[dict[str, Any], Path | None]:
         if rank_zero_only.rank != 0:
             return None
         path = write_record(record, cfg.results_dir)
-        (run_dir / RUNNING).unlink(missing_ok=True)
+        marker.close()
         return path
 
     try:
         torch.manual_seed(cfg.seed)
         outcome = task.run(cfg, str(run_dir))
     except (ConfigError, OperatorError) as err:  # a request that cannot be built (mistake, refused pairing)
-        (run_dir / RUNNING).unlink(missing_ok=True)
+        if marker is not None:
+            marker.close()
         if (safe := redact(str(err), cfg)) != str(err):
             raise type(err)(safe) from None
         raise

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import ConfigError
 from bench.results import RecordError, read_record
-from bench.runner import RUNNING, config_runs, job_hash
+from bench.runner import HEARTBEAT_S, RUNNING, config_runs, job_hash
 
 CONFIG_MISTAKE = 2
 """The CLI's exit code for a bad request: a job that exits with it is never retried."""
@@ -95,15 +95,20 @@ def records_by_hash(results_dir: str, task: str) -> dict[str, list[tuple[Path, d
     return found
 
 
-def _alive(marker: dict[str, Any]) -> bool | None:
-    """Whether the process a run marker names still runs (None: it runs on another host, unknowable here)."""
+STALE_AFTER_S = 5 * HEARTBEAT_S
+"""A marker on another host not touched for this long belongs to a run whose node is gone."""
+
+
+def _alive(marker: dict[str, Any], path: Path) -> tuple[bool, str]:
+    """Whether the run a marker belongs to still runs: its process on this host, its heartbeat on another."""
     if marker.get("host") != socket.gethostname():
-        return None
+        fresh = time.time() - path.stat().st_mtime < STALE_AFTER_S
+        return fresh, f"on {marker.get('host')}" + ("" if fresh else f", no heartbeat for {STALE_AFTER_S:.0f} s")
     try:
         os.kill(int(marker["pid"]), 0)
     except (OSError, ValueError, KeyError):
-        return False
-    return True
+        return False, "its process is gone"
+    return True, f"pid {marker['pid']}"
 
 
 def json_load(path: Path) -> dict[str, Any]:
@@ -123,16 +128,14 @@ def state_of(job: Job, records: dict[str, list[tuple[Path, dict[str, Any]]]]) ->
             marker = json_load(marker_path)
         except ValueError:
             continue
-        alive = _alive(marker)
-        if alive is None:
-            return JobState("running", str(marker_path.parent), f"on {marker.get('host')} (not this machine)")
+        alive, why = _alive(marker, marker_path)
         if alive:
-            return JobState("running", str(marker_path.parent), f"pid {marker['pid']}")
+            return JobState("running", str(marker_path.parent), why)
         if not runs or marker_path.stat().st_mtime > datetime.fromisoformat(runs[-1][1]["created"]).timestamp():
-            return JobState("interrupted", str(marker_path.parent), "killed: its process is gone and left no record")
+            return JobState("interrupted", str(marker_path.parent), f"killed ({why}), no record left")
     if runs:
         path, record = runs[-1]
-        return JobState(record["status"], str(path), (record.get("error") or "").splitlines()[0][:160])
+        return JobState(record["status"], str(path), next(iter((record.get("error") or "").splitlines()), "")[:160])
     return JobState("not started")
 
 
