@@ -19,13 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.config import compose, config_groups, expand_all_ops, expand_sweeps
-from bench.errors import ConfigError
+from bench.errors import USAGE_EXIT, ConfigError
 from operators.registry import OperatorError
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # messages keep paths and commands on one line
 
-USAGE_EXIT = 2
 
 
 def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: bool,
@@ -75,13 +74,13 @@ def _run_configs(command: str, overrides: list[str], multirun: bool, show_cfg: b
     return 1 if failed else 0
 
 
-def cmd_sweep_status(overrides: list[str], fixed: Sequence[str] = ()) -> int:
+def cmd_sweep_status(overrides: list[str]) -> int:
     """`bench sweep status -m ...`: every job of the sweep those overrides describe, and where it stands."""
     from bench.sweep import make_jobs, states
 
     overrides, _ = expand_all_ops(overrides)
     sweep = expand_sweeps(overrides)
-    jobs = make_jobs("run", sweep, [compose("run", [*fixed, *ov]) for ov in sweep])
+    jobs = make_jobs("run", sweep, [compose("run", ov) for ov in sweep])
     table = Table(title=f"sweep: {len(jobs)} jobs")
     for column in ("#", "job", "state", "where", "detail"):
         table.add_column(column, overflow="fold")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 
+USAGE_EXIT = 2
+"""The exit code of a mistake (bad override, unknown name, missing data): never worth retrying."""
+
 
 class ConfigError(ValueError):
     """A configuration mistake, explained for a person."""

@@ -344,7 +344,8 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     view = section_view(section, rows)
     metrics = view.columns({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
     ratios = any(r.get("efficiency", {}).get("vs_baseline") for row in rows for _, r in row.records)
-    curves = any(validation_curve(view, row) for row in rows)
+    converged = {row.key: convergence(view, row) for row in rows}
+    curves = any(flag != "-" for flag in converged.values())
     baseline = "+".join(str(v) if not callable(v) else f"stock {k}" for k, v in view.baseline.items())
     header = ["backbone", "op", "upsampler", "recipe", *(m.label for m in metrics),
               f"delta {view.primary.name} vs {baseline}", "params (M)", "GMACs",
@@ -365,7 +366,7 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
                       _fmt(row.metric("latency_ms"), len(row.values("latency_ms"))),
                       *([_vs_baseline(row)] if ratios else []),
                       f"{throughput:.1f}" if throughput else "-",
-                      *([convergence(view, row)] if curves else []),
+                      *([converged[row.key]] if curves else []),
                       _seeds(row), [_rel(p, link_root) for p, _ in row.records],
                       _command(row)])
     return header, cells

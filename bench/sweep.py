@@ -28,13 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.errors import ConfigError
-from bench.results import RecordError, read_record
+from bench.errors import USAGE_EXIT, ConfigError
+from bench.leaderboard import collect
 from bench.runner import HEARTBEAT_S, RUNNING, config_runs, job_hash
-
-CONFIG_MISTAKE = 2
-"""The CLI's exit code for a bad request: a job that exits with it is never retried."""
-
 
 @dataclass
 class Job:
@@ -84,11 +80,7 @@ def make_jobs(command: str, sweep: Sequence[list[str]], configs: Sequence[DictCo
 def records_by_hash(results_dir: str, task: str) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
     """The valid records of ``task`` in ``results_dir``, by configuration hash, oldest first."""
     found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    for path in sorted((Path(results_dir) / task).glob("*.json")):
-        try:
-            record = read_record(path)
-        except RecordError:
-            continue
+    for path, record in collect([Path(results_dir) / task])[0]:
         found.setdefault(record["provenance"]["config_hash"], []).append((path, record))
     for runs in found.values():
         runs.sort(key=lambda run: run[1]["created"])
@@ -111,13 +103,6 @@ def _alive(marker: dict[str, Any], path: Path) -> tuple[bool, str]:
     return True, f"pid {marker['pid']}"
 
 
-def json_load(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(str(err)) from None
-
-
 def state_of(job: Job, records: dict[str, list[tuple[Path, dict[str, Any]]]]) -> JobState:
     """The job's state from its records and the run markers in its configuration's run folder."""
     runs = records.get(job.digest, [])
@@ -125,8 +110,8 @@ def state_of(job: Job, records: dict[str, list[tuple[Path, dict[str, Any]]]]) ->
         return JobState("done", str(done[-1]))
     for marker_path in sorted(config_runs(job.cfg, job.digest).glob(f"*/{RUNNING}")):
         try:
-            marker = json_load(marker_path)
-        except ValueError:
+            marker = json.loads(marker_path.read_text())
+        except (OSError, json.JSONDecodeError):
             continue
         alive, why = _alive(marker, marker_path)
         if alive:
@@ -228,7 +213,7 @@ def run_local(jobs: Sequence[Job], launcher: DictConfig, log_dir: Path, say: Cal
             del running[slot]
             if proc.returncode == 0:
                 say(f"finished job {index + 1}: {job.line}")
-            elif attempt < int(launcher.retries) and proc.returncode != CONFIG_MISTAKE:
+            elif attempt < int(launcher.retries) and proc.returncode != USAGE_EXIT:
                 say(f"job {index + 1} failed (exit {proc.returncode}); retrying from its checkpoint")
                 queue.append((index, job.resumed(), attempt + 1))
             else:
