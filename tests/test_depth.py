@@ -120,11 +120,15 @@ def test_parameter_count_is_pacs_at_the_same_widths() -> None:
 def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "task=depth", "scale=3"]) == 2
     assert main(["run", "task=depth", "op=ddf"]) == 2
+    assert main(["run", "task=depth", "guide=foo"]) == 2
+    assert main(["run", "task=depth", "model=interpolate", "upsampler=deconv", f"results_dir={tmp_path}/r0"]) == 2
+    assert not (tmp_path / "r0" / "depth").exists()  # a mistake, refused: no failed record
     assert main(["run", "task=depth", "data=nyuv2", f"data.path={tmp_path}"]) == 2
     (tmp_path / "nyu_depth_v2_labeled.mat").write_text("not hdf5")
     assert main(["run", "task=depth", "data=nyuv2", f"data.path={tmp_path}", f"results_dir={tmp_path}/r"]) == 2
     err = capsys.readouterr().err
     assert "4, 8, 16" in err and "no conv-operator slots" in err and "HDF5" in err and "Traceback" not in err
+    assert "rgb or none" in err and "non-learned row" in err
 
 
 @pytest.mark.parametrize("extra, learned, guide", [(["upsampler=pac"], True, "rgb"),

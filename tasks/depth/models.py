@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.operator_slot import UpsampleSlots
+from bench.errors import ConfigError
 from operators.registry import create_upsampler, op_info
 
 GUIDE_PER_STAGE = 16
@@ -92,7 +93,7 @@ class Interpolate(nn.Module):
         self.up = create_upsampler(upsampler, 1, scale, guide_channels=guide_channels if self.guided else None,
                                    **dict(upsampler_kwargs or {}))
         if any(True for _ in self.up.parameters()):
-            raise ValueError(f"model=interpolate is the non-learned row; upsampler {upsampler!r} has parameters "
+            raise ConfigError(f"model=interpolate is the non-learned row; upsampler {upsampler!r} has parameters "
                              "(use nearest, bilinear or jbu, or the trained network)")
         self.upsample_metadata = {"upsampler": upsampler, "upsample_slots": ["low_to_high"],
                                   "unguided_slots": [] if self.guided else ["low_to_high"]}
