@@ -289,7 +289,7 @@ def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     folder = Path(results_dir) / record["task"]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json.part")  # no *.json glob sees it half-written
     try:
         follow_umask(Path(tmp))  # mkstemp makes it private; a results folder shared by a group must stay readable
         with os.fdopen(fd, "w") as f:

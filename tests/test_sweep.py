@@ -26,7 +26,7 @@ def sweep_args(tmp_path: Path, ops: str) -> list[str]:
 
 
 def records(tmp_path: Path) -> list[dict]:
-    return [read_record(p) for p in sorted((tmp_path / "r" / "profile").glob("*.json"))]
+    return [read_record(p) for p in sorted((tmp_path / "r" / "profile").glob("[0-9]*.json"))]
 
 
 def test_slurm_launcher_submits_the_single_job_command_through_submitit(tmp_path: Path) -> None:
@@ -53,11 +53,11 @@ def test_a_sweep_killed_with_sigkill_finishes_on_rerun_without_repeating_work(tm
     sweep = subprocess.Popen([sys.executable, "-m", "bench", "run", "-m", *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
-    while not list((tmp_path / "r").rglob("*.json")) and time.time() < deadline:
+    while not list((tmp_path / "r").rglob("[0-9]*.json")) and time.time() < deadline:
         time.sleep(0.1)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
-    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.json")}
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("[0-9]*.json")}
     assert 1 <= len(kept) < 3
     assert main(["sweep", "status", "-m", *args]) == 0
     assert main(["run", "-m", *args]) == 0
