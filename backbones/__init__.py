@@ -8,7 +8,7 @@ import functools
 
 import timm
 
-from backbones import csnet, mobilenetv2, resnet, shufflenetv2, xception_a  # noqa: F401  registers the models  isort: skip
+from backbones import mobilenetv2, resnet, shufflenetv2, xception_a  # noqa: F401  registers the models  isort: skip
 from bench.errors import unknown_name_message
 from operators.registry import OperatorError
 

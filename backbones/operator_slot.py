@@ -66,7 +66,7 @@ class SlotFiller:
             raise OperatorError(
                 f"{self.network}: operator {self.op!r} exchanges per-scale tensors, so swapping it into single "
                 "slots would not be that operator; use a network converted for it (op_resnet* with op=octconv "
-                "builds Oct-ResNet; csnet is built from goctconv)")
+                "builds Oct-ResNet; task=saliency model=csnet is built from goctconv)")
         if in_channels != out_channels and not self.info.channel_change:
             raise OperatorError(
                 f"{self.network}: slot {slot} maps {in_channels} to {out_channels} channels, but operator "

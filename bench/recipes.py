@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from bench.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw")
-"""What a recipe's ``optimizer`` may name (SGD with momentum, optionally Nesterov; AdamW)."""
+OPTIMIZERS = ("sgd", "adamw", "adam")
+"""What a recipe's ``optimizer`` may name (SGD with momentum, optionally Nesterov; AdamW; Adam with L2 decay)."""
 
 
 class RecipeError(ConfigError):

@@ -1,9 +1,11 @@
 """Learnable channel counts for gOctConv networks (SOD100K, ECCV 2020): dynamic weight decay, then pruning.
 
 Dynamic weight decay pushes the BatchNorm gamma of each channel after a gOctConv towards zero with a
-strength proportional to how much that channel fires (its detached mean absolute global-average-
-pooled activation, times ``weight``, default 3). Channels whose gamma falls below a threshold are
-then removed per scale, giving a smaller network whose kept channels compute exactly what they did.
+strength proportional to how much that channel fires: the gradient of ``weight / 2 * a_c * gamma_c^2``
+with ``a_c`` the detached |global-average-pooled output| of the unit (after its PReLU, as the official
+forward hook reads it) averaged over the batch, ``weight`` 3 by default. Channels whose gamma falls
+below a threshold are then removed per scale, giving a smaller network whose kept channels compute
+exactly what they did.
 """
 
 from __future__ import annotations
@@ -19,39 +21,46 @@ from operators.octconv import GOctConv, GOctConvBNAct
 class DynamicWeightDecay:
     """Adds ``weight * activation_c * gamma_c`` to each tracked gamma's gradient; call :meth:`apply` before each optimizer step.
 
-    Activations are recorded by forward hooks on the tracked norm layers during the training forward.
+    Activations are recorded by forward hooks on the tracked units during the training forward.
     """
 
-    def __init__(self, norms: Iterable[nn.BatchNorm2d], weight: float = 3.0) -> None:
+    def __init__(self, units: Iterable[GOctConvBNAct], weight: float = 3.0) -> None:
         self.weight = weight
-        self.norms = list(norms)
+        self.units = list(units)
+        self.norms = [n for unit in self.units for n in unit.norms if isinstance(n, nn.BatchNorm2d)]
         self.activation: dict[nn.Module, Tensor] = {}
-        self._hooks = [norm.register_forward_hook(self._record) for norm in self.norms]
+        self._hooks = [unit.register_forward_hook(self._record) for unit in self.units]
 
     @classmethod
     def for_model(cls, model: nn.Module, weight: float = 3.0) -> DynamicWeightDecay:
-        """Track every BatchNorm that follows a gOctConv in ``model``."""
-        norms = [n for unit in model.modules() if isinstance(unit, GOctConvBNAct)
-                 for n in unit.norms if isinstance(n, nn.BatchNorm2d)]
-        return cls(norms, weight)
+        """Track the model's ``decay_units()`` where it names them (CSNet: its ILBlocks), else every gOctConv unit."""
+        units = model.decay_units() if hasattr(model, "decay_units") else [
+            unit for unit in model.modules() if isinstance(unit, GOctConvBNAct)]
+        return cls(units, weight)
 
-    def _record(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if module.training:
-            self.activation[module] = output.detach().mean((2, 3)).abs().mean(0)
+    def _record(self, unit: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
+        if not unit.training:
+            return
+        outputs = [output] if isinstance(output, Tensor) else list(output)
+        for norm, out in zip(unit.norms, outputs):
+            if isinstance(norm, nn.BatchNorm2d) and out is not None:
+                self.activation[norm] = out.detach().mean((2, 3)).abs().mean(0)
 
     def apply(self) -> None:
-        """Add the dynamic decay to the gammas' gradients (for norms seen in the last forward)."""
+        """Add the dynamic decay to the gammas' gradients (for norms seen since the last call), once."""
         for norm, act in self.activation.items():
             if norm.weight.grad is None:
                 norm.weight.grad = torch.zeros_like(norm.weight)
             norm.weight.grad.add_(self.weight * act * norm.weight.detach())
+        self.activation.clear()
 
-    def parameter_groups(self, model: nn.Module, weight_decay: float = 5e-3) -> list[dict]:
-        """Optimizer groups: tracked gammas without plain decay, every other parameter with ``weight_decay``."""
+    def parameter_groups(self, model: nn.Module, weight_decay: float = 5e-3, gamma_lr: float | None = None
+                         ) -> list[dict]:
+        """Optimizer groups: tracked gammas without plain decay (at ``gamma_lr`` if given), the rest with ``weight_decay``."""
         gammas = {id(n.weight) for n in self.norms}
         rest = [p for p in model.parameters() if id(p) not in gammas and p.requires_grad]
-        return [{"params": rest, "weight_decay": weight_decay},
-                {"params": [n.weight for n in self.norms], "weight_decay": 0.0}]
+        tracked = {"params": [n.weight for n in self.norms], "weight_decay": 0.0}
+        return [{"params": rest, "weight_decay": weight_decay}, tracked | ({"lr": gamma_lr} if gamma_lr else {})]
 
     def remove(self) -> None:
         """Detach the hooks."""

@@ -8,14 +8,14 @@ scales have ceil(H / 2^i) rows, pooling uses ceil mode, and upsampling targets t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from operators.conv import Pointwise, conv_macs, same_padding
-from operators.registry import OperatorError, register_op
+from operators.registry import OperatorError, mac_formula, register_op
 
 MultiScale = Tensor | Sequence[Tensor | None]
 
@@ -161,11 +161,14 @@ class GOctConv(nn.Module):
     conv then bilinear upsampling to scale j's size. Stride 2 average-pools every input first.
     Inputs and outputs are sequences with ``None`` for absent scales (a single tensor for one scale).
     ``depthwise=True`` (CSNet's ILBlock) uses per-scale depthwise convs and no cross-scale paths.
+    ``upsample(path, channels, factor)`` puts a module (an upsample slot) in place of each upward path's
+    bilinear upsampling; it must have a MAC formula (every registered upsample-kind operator has one).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  alpha_in: Sequence[float] = (0.5, 0.5), alpha_out: Sequence[float] = (0.5, 0.5),
-                 cross_scale: bool = True, depthwise: bool = False, bias: bool = False) -> None:
+                 cross_scale: bool = True, depthwise: bool = False, bias: bool = False,
+                 upsample: Callable[[str, int, int], nn.Module] | None = None) -> None:
         super().__init__()
         self.in_scales = split_channels(in_channels, alpha_in)
         self.out_scales = split_channels(out_channels, alpha_out)
@@ -180,6 +183,9 @@ class GOctConv(nn.Module):
                 if cin and cout and (i == j or self.cross_scale):
                     groups = cin if depthwise else 1
                     self.paths[f"{i}to{j}"] = nn.Conv2d(cin, cout, kernel_size, padding=pad, groups=groups, bias=bias)
+        upward = {key: int(key.split("to")[0]) - int(key.split("to")[1]) for key in self.paths}
+        self.upsample = nn.ModuleDict({key: upsample(key, self.paths[key].out_channels, 2 ** levels)
+                                       for key, levels in upward.items() if upsample is not None and levels > 0})
         if any(c and not any(k.endswith(f"to{j}") for k in self.paths) for j, c in enumerate(self.out_scales)):
             raise OperatorError(f"goctconv: some output scale has no input path ({self.in_scales} -> "
                                 f"{self.out_scales}, cross_scale={self.cross_scale})")
@@ -205,6 +211,8 @@ class GOctConv(nn.Module):
                 continue
             if j > i:
                 y = conv(_max_pool(xs[i], 2 ** (j - i)))
+            elif key in self.upsample:
+                y = self.upsample[key](conv(xs[i]))
             elif j < i:
                 y = F.interpolate(conv(xs[i]), size=sizes[j], mode="bilinear", align_corners=False)
             else:
@@ -223,9 +231,18 @@ class GOctConv(nn.Module):
             n = raw[i].shape[0]
             src = (-(-raw[i].shape[2] // self.stride), -(-raw[i].shape[3] // self.stride))
             total += conv_macs(conv, (n, 0, *(sizes[j] if j >= i else src)))
-            if j < i:
+            if key in self.upsample:
+                total += self._slot_macs(self.upsample[key], (n, conv.out_channels, *src))
+            elif j < i:
                 total += 4 * n * conv.out_channels * sizes[j][0] * sizes[j][1]  # bilinear: 4 per output value
         return total
+
+
+    @staticmethod
+    def _slot_macs(slot: nn.Module, shape: tuple[int, ...]) -> int:
+        if (formula := mac_formula(slot)) is None:
+            raise OperatorError(f"goctconv: the upsample slot {type(slot).__name__} has no MAC formula")
+        return int(formula(slot, torch.zeros(shape)))
 
 
 class GOctConvBNAct(nn.Module):
@@ -233,10 +250,11 @@ class GOctConvBNAct(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  alpha_in: Sequence[float] = (0.5, 0.5), alpha_out: Sequence[float] = (0.5, 0.5),
-                 cross_scale: bool = True, depthwise: bool = False) -> None:
+                 cross_scale: bool = True, depthwise: bool = False,
+                 upsample: Callable[[str, int, int], nn.Module] | None = None) -> None:
         super().__init__()
         self.conv = GOctConv(in_channels, out_channels, kernel_size, stride, alpha_in, alpha_out,
-                             cross_scale=cross_scale, depthwise=depthwise)
+                             cross_scale=cross_scale, depthwise=depthwise, upsample=upsample)
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) if c else nn.Identity() for c in self.conv.out_scales)
         self.acts = nn.ModuleList(nn.PReLU(c) if c else nn.Identity() for c in self.conv.out_scales)
 

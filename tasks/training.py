@@ -42,12 +42,15 @@ class DivergedError(FloatingPointError):
 
 
 def build_optimizer(params: Any, recipe: DictConfig, lr: float) -> torch.optim.Optimizer:
-    """The recipe's optimizer (SGD with momentum, Nesterov if the recipe says so, or AdamW) at ``lr``."""
+    """The recipe's optimizer (SGD with momentum, Nesterov if the recipe says so, AdamW or Adam) at ``lr``."""
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=bool(recipe.nesterov),
                                weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":  # L2 decay added to the gradient, as torch.optim.Adam (SOD100K's optimiser)
+        return torch.optim.Adam(params, lr=lr, betas=tuple(recipe.get("betas", (0.9, 0.999))),
+                                weight_decay=recipe.weight_decay)
     raise ValueError(f"recipe {recipe.name}: optimizer must be one of {OPTIMIZERS}, got {recipe.optimizer!r}")
 
 
@@ -186,10 +189,10 @@ def build_trainer(cfg: DictConfig, run_dir: str, accumulate: int = 1, progress: 
                      num_sanity_val_steps=0)
 
 
-def latest_checkpoint(run_dir: str) -> Path | None:
-    """The newest checkpoint of any earlier run of this configuration (the siblings of ``run_dir``), or None."""
+def latest_checkpoint(run_dir: str, stage: str = "") -> Path | None:
+    """The newest checkpoint of ``stage`` in any earlier run of this configuration (the siblings of ``run_dir``)."""
     found = [p for attempt in Path(run_dir).parent.glob("*") for name in CHECKPOINTS
-             if (p := attempt / "checkpoints" / name).exists()]
+             if (p := attempt / stage / "checkpoints" / name).exists()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -199,13 +202,13 @@ def _say(message: str) -> None:
 
 
 def fit(cfg: DictConfig, run_dir: str, trainer: L.Trainer, module: L.LightningModule,
-        data: L.LightningDataModule) -> int | None:
+        data: L.LightningDataModule, stage: str = "") -> int | None:
     """Train from scratch, or with ``resume=true`` from the newest checkpoint of this configuration's runs.
 
     Returns the step resumed from (None: from scratch). Checkpoints are read with ``weights_only=True``:
     a checkpoint file can hold tensors and plain data, never code that runs when it is loaded.
     """
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    resume_from = latest_checkpoint(run_dir, stage) if cfg.resume else None
     resumed_step = None
     if resume_from is not None:
         resumed_step = int(torch.load(resume_from, map_location="cpu", weights_only=True)["global_step"])
@@ -269,25 +272,28 @@ def quiet_lightning() -> Iterator[None]:
 
 
 def train_and_test(cfg: DictConfig, run_dir: str, build: Callable[[BatchPlan], TrainingJob],
-                   validation_metric: str | None = None, train: bool = True) -> TaskResult:
+                   validation_metric: str | None = None, train: bool = True, stage: str = "") -> TaskResult:
     """Train the job ``build`` makes for this world size on the recipe, test it, profile it: the task's result.
 
     The record's metrics are every ``test_<name>`` the module logs (as ``<name>``), plus
     ``validation_metric`` (e.g. ``val_top1``) after the last epoch where the task validates (absent if
     no validation ran). ``train=False`` tests a method that learns nothing (a non-learned baseline row).
+    A run of several stages (train, then fine-tune) names each: its checkpoints and logs go to
+    ``run_dir/stage`` and ``resume=true`` resumes each stage from its own checkpoints.
     """
+    stage_dir = str(Path(run_dir) / stage)
     with quiet_lightning():
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        probe = build_trainer(cfg, run_dir, progress=False)  # the world size decides the batch plan
+        probe = build_trainer(cfg, stage_dir, progress=False)  # the world size decides the batch plan
         plan = plan_batches(cfg.recipe, probe.world_size)
         curve = LearningCurve(validation_metric)
         job = build(plan)
-        trainer = build_trainer(cfg, run_dir, accumulate=plan.accumulate, gradient_clip_val=job.gradient_clip_val,
+        trainer = build_trainer(cfg, stage_dir, accumulate=plan.accumulate, gradient_clip_val=job.gradient_clip_val,
                                 callbacks=(curve,))
         resumed_step = None
         if train:
             require_training_steps(job.data, plan)
-            resumed_step = fit(cfg, run_dir, trainer, job.module, job.data)
+            resumed_step = fit(cfg, run_dir, trainer, job.module, job.data, stage)
         validated = trainer.callback_metrics.get(validation_metric) if validation_metric else None  # test resets
         (test,) = trainer.test(job.module, datamodule=job.data, verbose=False)
     metrics = {name.removeprefix("test_"): float(value) for name, value in test.items() if name.startswith("test_")}

@@ -10,7 +10,7 @@ import backbones  # noqa: F401  registers the models
 from operators import OperatorError, list_ops
 
 SMALL = {"op_resnet18": 32, "op_resnet50": 32, "op_resnet20": 16, "op_mobilenetv2": 32, "op_shufflenetv2": 32,
-         "snet49": 32, "xception_a": 32, "csnet": 32}
+         "snet49": 32, "xception_a": 32}
 
 
 def params(model: torch.nn.Module) -> int:
@@ -95,7 +95,7 @@ def test_every_operator_in_every_backbone(name: str, op: str) -> None:
         return
     x = torch.randn(2, 3, SMALL[name], SMALL[name])
     y = model(x)
-    assert y.shape == ((2, 1, *x.shape[-2:]) if name == "csnet" else (2, 5))  # csnet predicts a saliency map
+    assert y.shape == (2, 5)
     assert torch.isfinite(y).all()
     y.square().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -111,26 +111,7 @@ def test_xception_a_follows_dfanet_table() -> None:
     assert full.stages[1][0].convs[0].spatial.groups == 8  # separable: depthwise 3x3 in the baseline
 
 
-def test_csnet_size_structure_and_pruned_rebuild() -> None:
-    net = timm.create_model("csnet")
-    assert 90_000 <= params(net) <= 120_000
-    assert [len(s) for s in net.stages] == [3, 4, 6, 4]
-    block = net.stages[1][1]
-    assert block.octave.conv.cross_scale and not block.depthwise[0].conv.cross_scale
-    assert net(torch.randn(1, 3, 45, 61)).shape == (1, 1, 45, 61)
-    pruned_plan = [[(10, 6)] * 3, [(20, 14), (18, 12), (18, 12), (16, 16)], [(30, 20)] * 6, [(40, 24)] * 4]
-    pruned = timm.create_model("csnet", block_widths=pruned_plan)
-    assert pruned.stages[1][0].octave.out_scales == [20, 14]
-    assert params(pruned) < params(net)
-    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 1, 32, 32)
-    with pytest.raises(OperatorError, match="no slot for operator"):
-        timm.create_model("csnet", op="ddf")
-
-
-CLASSIFIERS = [name for name in SMALL if name != "csnet"]  # csnet is a saliency network without a classifier
-
-
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", list(SMALL))
 def test_pooling_follows_timm_unpooled_catavgmax_and_kept_on_reset(name: str) -> None:
     size = SMALL[name]
     x = torch.randn(2, 3, size, size)
@@ -149,7 +130,7 @@ def test_pooling_follows_timm_unpooled_catavgmax_and_kept_on_reset(name: str) ->
         timm.create_model(name, num_classes=5, global_pool="")
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)  # csnet still drops what it does not take (its home moves with saliency)
+@pytest.mark.parametrize("name", list(SMALL))
 def test_a_misspelt_argument_is_refused_not_ignored(name: str) -> None:
     with pytest.raises(TypeError, match="op_kwarg"):
         timm.create_model(name, op_kwarg={"alpha": 0.25})

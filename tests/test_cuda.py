@@ -14,7 +14,7 @@ from operators import OperatorError, list_ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SIZES = {"op_resnet18": 64, "op_resnet50": 64, "op_mobilenetv2": 64, "op_shufflenetv2": 64, "snet49": 64,
-         "xception_a": 64, "csnet": 64}
+         "xception_a": 64}
 
 
 @pytest.mark.parametrize("op", list_ops("conv"))

@@ -20,8 +20,7 @@ import backbones  # noqa: F401  registers the models
 from operators import op_info
 
 OURS = sorted(n for n in timm.list_models() if model_entrypoint(n).__module__.startswith("backbones."))
-CLASSIFIERS = [n for n in OURS if n != "csnet"]  # csnet predicts saliency maps: it has no classifier API
-CASES = [(name, "conv") for name in CLASSIFIERS] + [
+CASES = [(name, "conv") for name in OURS] + [
     ("op_resnet20", "ddf"), ("op_resnet18", "dwconv"), ("op_resnet50", "ddf"), ("op_resnet50", "octconv"),
     ("op_resnet20", "scconv"), ("op_mobilenetv2", "ddf"), ("op_shufflenetv2", "dwconv"), ("xception_a", "ddf")]
 IDS = [f"{name}-{op}" for name, op in CASES]
@@ -39,7 +38,7 @@ def small_input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
 
 
 def test_every_registered_model_is_covered() -> None:
-    assert set(CLASSIFIERS) == {name for name, _ in CASES} and len(CLASSIFIERS) >= 12
+    assert set(OURS) == {name for name, _ in CASES} and len(OURS) >= 12
 
 
 @pytest.mark.parametrize("name, op", CASES, ids=IDS)
@@ -56,7 +55,7 @@ def test_model_backward(name: str, op: str) -> None:
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", OURS)
 def test_model_default_cfgs(name: str) -> None:
     """At the default input size: unpooled features match ``pool_size`` and ``num_features``; the head's width
     is ``head_hidden_size``; removing the classifier, then the pooling, gives pooled then unpooled features;
