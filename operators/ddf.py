@@ -246,6 +246,17 @@ class FilterNorm(nn.Module):
         return (taps * std).reshape(f.shape)
 
 
+def init_branches(module: nn.Module) -> None:
+    """Kaiming-normal (fan-out) branch weights, biases left at PyTorch's default as the official DDFPack leaves them.
+
+    Zero biases would give a pixel whose input is all zeros (common after a ReLU) a constant spatial filter,
+    whose standardisation divides by 1e-10: gradients of 1e10 on the spatial branch at initialisation.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 @register_op("ddf", kind="conv", paper="Decoupled Dynamic Filter Networks (Zhou et al., CVPR 2021)",
              dilation=True, channel_change=False)
 class DDF(nn.Module):
@@ -282,10 +293,7 @@ class DDF(nn.Module):
                 nn.Conv2d(mid, in_channels * taps, 1))
             self.channel_norm = (FilterNorm(in_channels, kernel_size, "channel", gain, learnable_std=True)
                                  if filter_norm == "fn" else nn.Sigmoid())
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        init_branches(self)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -349,10 +357,7 @@ class DDFUp(nn.Module):
         else:
             self.spatial_branch = Pointwise(channels, branches * head * taps, bias=True)
             self.spatial_norm = FilterNorm(branches * head, kernel_size, "spatial", gain, learnable_std=False)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        init_branches(self)
 
     def spatial_filters(self, x: Tensor, guide: Tensor | None) -> Tensor:
         """Spatial filters per sub-pixel branch: (N, s^2, head * k^2, H, W)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import operators.ddf as ddf_module
 from operators import OperatorError, create_op, create_upsampler
-from operators.ddf import ddf
+from operators.ddf import DDF, DDFUp, ddf
 
 
 def oracle(x, ch, sp, k, dilation, stride, combine):
@@ -179,3 +179,17 @@ def test_sigmoid_normalisation_replaces_filter_normalisation() -> None:
     assert m(torch.randn(1, 8, 5, 5)).shape == (1, 8, 5, 5)
     with pytest.raises(OperatorError, match="branches must be one of"):
         create_op("ddf", 8, 8, branches="neither")
+
+
+@pytest.mark.parametrize("make", [lambda: DDF(16), lambda: DDF(16, stride=2), lambda: DDFUp(16),
+                                  lambda: DDFUp(16, guide_channels=16)], ids=["ddf", "ddf-s2", "ddf_up", "ddf_up-guided"])
+def test_gradients_at_initialisation_stay_bounded_where_the_input_is_all_zero(make) -> None:
+    """A pixel with an all-zero input (after a ReLU) must not get a zero-variance spatial filter (zeroed biases
+    gave one, and the 1e-10 in its standardisation turned it into gradients of ~1e10)."""
+    torch.manual_seed(0)
+    module, x = make(), torch.relu(torch.randn(2, 16, 12, 12))
+    x[:, :, 3:9, 3:9] = 0
+    y = module(x, x) if getattr(module, "guided", False) else module(x)
+    (y * torch.randn_like(y)).sum().backward()
+    worst = max(p.grad.abs().max().item() for p in module.parameters() if p.grad is not None)
+    assert worst < 1e3, worst
