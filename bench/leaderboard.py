@@ -118,8 +118,14 @@ class Row:
 
 
 def _figure(record: dict[str, Any], name: str) -> Any:
+    """A test metric, an efficiency figure, or (a dotted name) the number at that path of the record."""
     if name in record.get("metrics", {}):
         return record["metrics"][name]
+    if "." in name:
+        value: Any = record
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     value = record.get("efficiency", {}).get(name)
     return value.get("median") if isinstance(value, dict) else value
 
@@ -342,7 +348,9 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     """Header and cells of one section, shared by the renderers: the last two cells of a row are the
     result paths (relative to ``link_root``) and the reproduction command, which each renderer formats."""
     view = section_view(section, rows)
-    metrics = view.columns({m for row in rows for _, r in row.records for m in r.get("metrics", {})})
+    found = {m for row in rows for _, r in row.records for m in r.get("metrics", {})}
+    paths = {m.name for m in view.metrics if "." in m.name and any(row.values(m.name) for row in rows)}
+    metrics = view.columns(found | paths)
     ratios = any(r.get("efficiency", {}).get("vs_baseline") for row in rows for _, r in row.records)
     converged = {row.key: convergence(view, row) for row in rows}
     curves = any(flag != "-" for flag in converged.values())

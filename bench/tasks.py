@@ -40,11 +40,15 @@ class Metric:
     floor: float | None = None
     """Values below this are sentinels for "not measured" (COCO's -1 when a split has no such objects)."""
     description: str = ""
+    title: str = ""
+    """The column label's name where ``name`` is a dotted path into the record (``stages.trained.params``) rather
+    than a test metric: a figure the record keeps elsewhere, shown beside the metrics."""
 
     @property
     def label(self) -> str:
         """Column / axis label: ``top1 (%)``, ``rmse (m)``."""
-        return f"{self.name} ({self.unit})" if self.unit else self.name
+        name = self.title or self.name
+        return f"{name} ({self.unit})" if self.unit else name
 
     @property
     def direction(self) -> str:

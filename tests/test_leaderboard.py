@@ -398,3 +398,25 @@ def test_rows_whose_validation_curve_still_rises_are_flagged(tmp_path: Path) -> 
              for line in md.splitlines() if line.startswith("| resnet20")}
     assert flags == {"conv": "yes", "ddf": "no (+20%)", "dwconv": "yes", "octconv": "-"}
     assert "more than 1%" in md and "converged" in (tmp_path / "index.html").read_text()
+
+
+def test_saliency_pruned_rows_show_their_stages_beside_the_metrics(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    for prune, max_f in ((None, 0.80), ("pruned", 0.82)):
+        config = {"op": "conv", "seed": 0, "upsampler": "bilinear", "data": {"name": "shapes"},
+                  "recipe": {"name": "quick"}}
+        r = new_record("saliency", config, "bench run task=saliency" + (" prune=true" if prune else ""), "s" * 64)
+        r.update(status="success", model="csnet", expand="x1", dwd="dwd=3", prune=prune, upsampler="bilinear",
+                 metrics={"max_f": max_f, "mae": 0.1}, efficiency={"params": 100_000, "macs": 10**8})
+        if prune:
+            r["stages"] = {"trained": {"params": 211_000, "metrics": {"max_f": 0.77}},
+                           "pruned": {"params": 100_000, "metrics": {"max_f": 0.67}}}
+        r["provenance"]["hardware"] = {"label": "CPU A"}
+        write_record(r, folder)
+    generate([folder], tmp_path)
+    lines = (tmp_path / "README.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| backbone") and "max_f before pruning (%)" in line)
+    assert "max_f pruned (%)" in header and "params before pruning (M)" in header
+    pruned = next(line for line in lines if line.startswith("| csnet x1 dwd=3 pruned"))
+    plain = next(line for line in lines if line.startswith("| csnet x1 dwd=3 -"))
+    assert "| 77.00 | 67.00 | 0.21 |" in pruned and "| - | - | - |" in plain
