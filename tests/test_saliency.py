@@ -119,12 +119,20 @@ def test_csf_head_on_a_backbone_with_an_operator() -> None:
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 1, 64, 64)
 
 
-def test_saliency_runs_prunes_and_fine_tunes_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_saliency_runs_prunes_and_fine_tunes_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     where = [f"results_dir={tmp_path}/r", f"runs_dir={tmp_path}/runs"]
     assert main(["run", "task=saliency", "prune=true", "recipe.finetune_epochs=1", *TINY, *where]) == 0
     (path,) = (tmp_path / "r" / "saliency").glob("*.json")
     record = read_record(path)
+    capsys.readouterr()
+    assert main(["run", "task=saliency", "prune=true", "recipe.finetune_epochs=1", "resume=true", *TINY, *where]) == 0
+    resumed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resuming from")]
+    assert [Path(line.split()[2]).parent.parent.name for line in resumed] == ["train", "finetune"]  # each stage its own
+    again = read_record(max((tmp_path / "r" / "saliency").glob("*.json"), key=lambda p: read_record(p)["created"]))
+    test_metrics = {k: v for k, v in record["metrics"].items() if k != "val_mae"}  # no epoch left to validate
+    assert {k: again["metrics"][k] for k in test_metrics} == test_metrics and again["widths"] == record["widths"]
     assert record["status"] == "success" and record["prune"] == "pruned" and record["dwd"] == "dwd=3"
     assert set(record["stages"]) == {"trained", "pruned", "finetuned"}
     assert record["stages"]["trained"]["params"] == 210_985 and record["stages"]["pruned"]["steps"] == 0
