@@ -1,9 +1,10 @@
 """Decoupled Dynamic Filter (DDF, Zhou et al., CVPR 2021): the functional op and the DDF module.
 
 ``y[n,c,p] = sum_k f(spatial[n,k,p], channel[n,c,k]) * x[n,c,p+k]`` with f = product ("mul") or
-sum ("add"). The op never builds a k*k-times-larger tensor: on the CPU a compiled kernel
-(``csrc/ddf_cpu.cpp``, built on first use and cached) walks planes tap by tap; elsewhere a PyTorch
-loop over the k*k taps keeps one input-sized temporary at a time, in the forward and the backward.
+sum ("add"). The op never builds a k*k-times-larger tensor: on CUDA Triton kernels (``operators/gpu/ddf.py``)
+walk the taps per tile; on the CPU a compiled kernel (``csrc/ddf_cpu.cpp``, built on first use and cached)
+walks planes tap by tap; elsewhere, or where neither is available, a PyTorch loop over the k*k taps keeps one
+input-sized temporary at a time, in the forward and the backward. The loop is also the kernels' oracle.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from operators import gpu
 from operators.conv import Pointwise
 from operators.registry import OperatorError, register_op
 
@@ -29,7 +32,8 @@ zeros for ``add``)."""
 FILTER_NORMS = ("fn", "sigmoid")
 """DDF's normalisation ablation: its filter normalisation, or a sigmoid on the raw filters."""
 BACKEND = os.environ.get("BENCH_DDF_BACKEND", "auto")
-"""``auto`` (compiled CPU kernel where possible), ``cpp`` (require it) or ``torch`` (the PyTorch loop)."""
+"""``auto`` (Triton kernels on CUDA, the compiled kernel on the CPU, where possible), ``cpp`` (require the CPU
+kernel) or ``torch`` (the PyTorch loop on every device)."""
 _SOURCE = Path(__file__).with_name("csrc") / "ddf_cpu.cpp"
 
 
@@ -57,6 +61,11 @@ def _use_cpp(x: Tensor) -> bool:
     if kernel is None and BACKEND == "cpp":
         raise RuntimeError("BENCH_DDF_BACKEND=cpp but the DDF CPU kernel could not be built")
     return kernel is not None
+
+
+def _triton_kernels(x: Tensor) -> ModuleType | None:
+    """The Triton DDF kernels where ``x`` is on CUDA and Triton imports (unless BENCH_DDF_BACKEND=torch), else None."""
+    return None if BACKEND == "torch" else gpu.kernels_for(x, "ddf")
 
 
 def output_size(size: int, stride: int) -> int:
@@ -117,20 +126,13 @@ def _backward_loop(g: Tensor, x: Tensor, ch: Tensor, sp: Tensor, kernel_size: in
     return gxp[:, :, pad : pad + h, pad : pad + w], gch.reshape(ch.shape), gsp
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _format(x: Tensor) -> torch.memory_format:
-    """Outputs keep the input's layout: channels-last in, channels-last out."""
-    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-
-
 @torch.library.custom_op("bench::ddf", mutates_args=())
 def _ddf_op(x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int, dilation: int,
             stride: int, mul: bool) -> Tensor:
+    if (kernels := _triton_kernels(x)) is not None:
+        return kernels.forward(x, channel_filter, spatial_filter, kernel_size, dilation, stride, mul)
     if _use_cpp(x):
-        if _is_channels_last(x):  # NHWC kernel: long contiguous loops over channels
+        if gpu.is_channels_last(x):  # NHWC kernel: long contiguous loops over channels
             n, c = x.shape[:2]
             ch = channel_filter.reshape(n, c, -1).transpose(1, 2).contiguous()
             y = cpu_kernel().forward_nhwc(x.permute(0, 2, 3, 1), ch, spatial_filter.permute(0, 2, 3, 1).contiguous(),
@@ -139,22 +141,24 @@ def _ddf_op(x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_si
         return cpu_kernel().forward(x.contiguous(), channel_filter.contiguous(), spatial_filter.contiguous(),
                                     kernel_size, dilation, stride, mul)
     y = _forward_loop(x, channel_filter, spatial_filter, kernel_size, dilation, stride, mul)
-    return y.contiguous(memory_format=_format(x))
+    return y.contiguous(memory_format=gpu.output_format(x))
 
 
 @_ddf_op.register_fake
 def _(x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int, dilation: int, stride: int,
       mul: bool) -> Tensor:
     shape = (x.shape[0], x.shape[1], spatial_filter.shape[2], spatial_filter.shape[3])
-    return x.new_empty(shape).contiguous(memory_format=_format(x))
+    return x.new_empty(shape).contiguous(memory_format=gpu.output_format(x))
 
 
 @torch.library.custom_op("bench::ddf_backward", mutates_args=())
 def _ddf_backward_op(grad: Tensor, x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int,
                      dilation: int, stride: int, mul: bool) -> tuple[Tensor, Tensor, Tensor]:
     ch, sp = channel_filter, spatial_filter
+    if (kernels := _triton_kernels(x)) is not None:
+        return kernels.backward(grad, x, ch, sp, kernel_size, dilation, stride, mul)
     if _use_cpp(x):
-        if _is_channels_last(x):
+        if gpu.is_channels_last(x):
             n, c = x.shape[:2]
             gx, gch, gsp = cpu_kernel().backward_nhwc(
                 grad.permute(0, 2, 3, 1).contiguous(), x.permute(0, 2, 3, 1),
@@ -165,14 +169,14 @@ def _ddf_backward_op(grad: Tensor, x: Tensor, channel_filter: Tensor, spatial_fi
         return tuple(cpu_kernel().backward(grad.contiguous(), x.contiguous(), ch.contiguous(), sp.contiguous(),
                                            kernel_size, dilation, stride, mul))
     gx, gch, gsp = _backward_loop(grad, x, ch, sp, kernel_size, dilation, stride, mul)
-    return gx.contiguous(memory_format=_format(x)), gch.contiguous(), gsp.contiguous()
+    return gx.contiguous(memory_format=gpu.output_format(x)), gch.contiguous(), gsp.contiguous()
 
 
 @_ddf_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, channel_filter: Tensor, spatial_filter: Tensor, kernel_size: int, dilation: int,
       stride: int, mul: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return (x.new_empty(x.shape).contiguous(memory_format=_format(x)), channel_filter.new_empty(channel_filter.shape),
-            spatial_filter.new_empty(spatial_filter.shape))
+    return (x.new_empty(x.shape).contiguous(memory_format=gpu.output_format(x)),
+            channel_filter.new_empty(channel_filter.shape), spatial_filter.new_empty(spatial_filter.shape))
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
