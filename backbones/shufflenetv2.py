@@ -84,6 +84,8 @@ class ShuffleNetV2(StagedNet):
         self.stages = nn.ModuleList(stages)
         last = widths[4]
         self.final = pw_bn_relu(cin, last) if last else nn.Identity()
+        if last:  # conv5 is a feature level past the stages (ThunderNet's C5 on SNet49); timm's default leaves it out
+            self.feature_info.append(dict(num_chs=last, reduction=reduction, module="final"))
         self.op_metadata = fill.metadata()
         self.finish(last or cin, num_classes, global_pool, drop_rate)
         inside_ops = operator_module_ids(self)

@@ -18,7 +18,7 @@ from operators.registry import list_ops
 pytest.importorskip("mmdet", reason="detection extra not installed")
 
 from tasks.detection.data import CocoDetection, DetectionData, collate, detection_transforms  # noqa: E402
-from tasks.detection.task import build_detector, detector_config, to_mmdet  # noqa: E402
+from tasks.detection.task import build_detector, detector_config, to_mmdet, with_detector_recipe  # noqa: E402
 from tasks.training import lr_factor  # noqa: E402
 
 TINY = ["task=detection", "data.image_size=64", "data.train_size=8", "data.val_size=2", "data.test_size=4",
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("bench_cache")  # generated data goes to a 
 
 def forward_loss_predict(overrides: list[str]) -> None:
     """Build the detector of ``overrides``, then run loss (finite, with gradients) and predict on shapes images."""
-    cfg = compose("run", [*TINY, *overrides])
+    cfg = with_detector_recipe(compose("run", [*TINY, *overrides]))  # quick's backbone is per detector
     data = DetectionData(cfg, 2)
     model_cfg = detector_config(cfg, cfg.backbone or cfg.recipe.default_backbone, cfg.upsampler or "nearest", 10)
     detector = build_detector(model_cfg)

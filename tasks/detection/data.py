@@ -28,6 +28,8 @@ from tasks.shapes import CLASSES, SPLIT_OFFSETS, cached_view, render_scene
 
 SHAPES_DETECTION_VERSION = 3
 """Bumped whenever the detection view's output changes, so stale caches are never reused."""
+MEAN_PIXEL = (124, 116, 104)
+"""The ImageNet mean in 0-255 RGB: the fill of zoom-out (mmdet's Expand fills with the normalisation mean)."""
 MIN_VISIBLE = 0.4
 """An object is boxed when at least this fraction of it is visible (the rest is hidden behind nearer objects)."""
 MIN_PIXELS = 12
@@ -143,13 +145,32 @@ class CocoDetection(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
 
+def ssd_augmentation() -> list[v2.Transform]:
+    """SSD's training augmentation, as mmdet's PhotoMetricDistortion, Expand (x1-4, mean-filled, p=0.5) and
+    MinIoURandomCrop (IoU 0.1-0.9 or none, crops of at least 0.3) do it: ThunderNet's reproduction trains so."""
+    return [v2.RandomPhotometricDistort(), v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_PIXEL, "others": 0}),
+            v2.RandomIoUCrop(min_scale=0.3)]
+
+
+def resize(recipe: DictConfig, size: int) -> v2.Resize:
+    """Resize to ``size``: the shorter side (the longer at most ``max_size``), or a ``size`` square without
+    ``keep_ratio``."""
+    if not recipe.keep_ratio:
+        return v2.Resize((size, size), antialias=True)
+    return v2.Resize(size, max_size=int(recipe.max_size) if recipe.max_size > size else None, antialias=True)
+
+
 def detection_transforms(recipe: DictConfig, train: bool) -> v2.Compose:
-    """Resize (shorter side ``min_size``, longer at most ``max_size``), flip for training, drop degenerate boxes."""
+    """Training: SSD augmentation if asked, flip, resize to ``min_size`` (or one of ``train_sizes`` at random), drop
+    degenerate boxes; evaluation: resize to ``min_size``."""
     steps: list[v2.Transform] = []
+    if train and recipe.ssd_augment:
+        steps += ssd_augmentation()
     if train and recipe.flip:
         steps.append(v2.RandomHorizontalFlip())
-    max_size = int(recipe.max_size) if recipe.max_size > recipe.min_size else None
-    steps += [v2.Resize(int(recipe.min_size), max_size=max_size, antialias=True), v2.ClampBoundingBoxes()]
+    sizes = [int(s) for s in recipe.train_sizes or [recipe.min_size]] if train else [int(recipe.min_size)]
+    steps += [v2.RandomChoice([resize(recipe, s) for s in sizes]) if len(sizes) > 1 else resize(recipe, sizes[0]),
+              v2.ClampBoundingBoxes()]
     if train:
         steps.append(v2.SanitizeBoundingBoxes(labels_getter=lambda s: (s["labels"], s["iscrowd"])))
     return v2.Compose(steps)

@@ -23,6 +23,14 @@ from backbones.operator_slot import UpsampleSlots
 EXTRA_SOURCES = ("on_input", "on_lateral", "on_output")
 
 
+def fit_to(up: Tensor, like: Tensor) -> Tensor:
+    """``up`` (an upsampled map) at ``like``'s size: the extra row/column of a ceil-strided level cropped."""
+    h, w = like.shape[2:]
+    if up.shape[2] >= h and up.shape[3] >= w:
+        return up[:, :, :h, :w]
+    return F.interpolate(up, size=(h, w), mode="nearest")
+
+
 @MODELS.register_module(name="BenchBackbone")
 class TimmBackbone(BaseModule):
     """One of our timm backbones (``features_only``) with ``op`` in its slots, returning a tuple of feature maps."""
@@ -90,20 +98,12 @@ class OpFPN(BaseModule):
             nn.init.xavier_uniform_(conv.conv.weight)
             nn.init.zeros_(conv.conv.bias)
 
-    @staticmethod
-    def _fit(up: Tensor, like: Tensor) -> Tensor:
-        """Match ``up`` to the lateral's size: crop the extra row/column of a ceil-strided level."""
-        h, w = like.shape[2:]
-        if up.shape[2] >= h and up.shape[3] >= w:
-            return up[:, :, :h, :w]
-        return F.interpolate(up, size=(h, w), mode="nearest")
-
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         if len(inputs) != len(self.in_channels):
             raise ValueError(f"OpFPN expects {len(self.in_channels)} feature maps, got {len(inputs)}")
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + self._fit(self.upsamplers[i - 1](laterals[i]), laterals[i - 1])
+            laterals[i - 1] = laterals[i - 1] + fit_to(self.upsamplers[i - 1](laterals[i]), laterals[i - 1])
         outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
         used = len(outs)
         if self.num_outs > used:
