@@ -33,10 +33,8 @@ class DynamicWeightDecay:
 
     @classmethod
     def for_model(cls, model: nn.Module, weight: float = 3.0) -> DynamicWeightDecay:
-        """Track the model's ``decay_units()`` where it names them (CSNet: its ILBlocks), else every gOctConv unit."""
-        units = model.decay_units() if hasattr(model, "decay_units") else [
-            unit for unit in model.modules() if isinstance(unit, GOctConvBNAct)]
-        return cls(units, weight)
+        """Track the model's :func:`decay_units`."""
+        return cls(decay_units(model), weight)
 
     def _record(self, unit: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
         if not unit.training:
@@ -54,18 +52,29 @@ class DynamicWeightDecay:
             norm.weight.grad.add_(self.weight * act * norm.weight.detach())
         self.activation.clear()
 
-    def parameter_groups(self, model: nn.Module, weight_decay: float = 5e-3, gamma_lr: float | None = None
-                         ) -> list[dict]:
-        """Optimizer groups: tracked gammas without plain decay (at ``gamma_lr`` if given), the rest with ``weight_decay``."""
-        gammas = {id(n.weight) for n in self.norms}
-        rest = [p for p in model.parameters() if id(p) not in gammas and p.requires_grad]
-        tracked = {"params": [n.weight for n in self.norms], "weight_decay": 0.0}
-        return [{"params": rest, "weight_decay": weight_decay}, tracked | ({"lr": gamma_lr} if gamma_lr else {})]
-
     def remove(self) -> None:
         """Detach the hooks."""
         for hook in self._hooks:
             hook.remove()
+
+
+def decay_units(model: nn.Module) -> list[GOctConvBNAct]:
+    """The units whose gammas decide the widths: the model's ``decay_units()`` where it names them (CSNet: its
+    ILBlocks), else every gOctConv unit."""
+    if hasattr(model, "decay_units"):
+        return model.decay_units()
+    return [unit for unit in model.modules() if isinstance(unit, GOctConvBNAct)]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float = 5e-3, dynamic: bool = True,
+                     gamma_lr: float | None = None) -> list[dict]:
+    """Optimizer groups: the :func:`decay_units`' gammas (no plain decay when ``dynamic``, at ``gamma_lr`` if
+    given), and every other parameter with ``weight_decay``; the ablation (``dynamic=False``) differs only there."""
+    gammas = [n.weight for unit in decay_units(model) for n in unit.norms if isinstance(n, nn.BatchNorm2d)]
+    tracked = {id(g) for g in gammas}
+    rest = [p for p in model.parameters() if id(p) not in tracked and p.requires_grad]
+    group = {"params": gammas, "weight_decay": 0.0 if dynamic else weight_decay}
+    return [{"params": rest, "weight_decay": weight_decay}, group | ({"lr": gamma_lr} if gamma_lr else {})]
 
 
 def kept_channels(unit: GOctConvBNAct, threshold: float) -> list[Tensor]:

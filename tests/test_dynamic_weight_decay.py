@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from operators.dynamic_weight_decay import DynamicWeightDecay, kept_channels, prune_inputs, prune_outputs
+from operators.dynamic_weight_decay import (DynamicWeightDecay, kept_channels, parameter_groups, prune_inputs,
+                                            prune_outputs)
 from operators.octconv import GOctConvBNAct
 
 
@@ -33,9 +34,11 @@ def test_decay_is_weighted_by_detached_activation_magnitude() -> None:
     decay.apply()
     torch.testing.assert_close(norm.weight.grad - grad_before, 3.0 * act * norm.weight.detach())
     assert not act.requires_grad and act.shape == norm.weight.shape and (act >= 0).all()
-    groups = decay.parameter_groups(net, weight_decay=5e-3)
-    assert groups[0]["weight_decay"] == 5e-3 and groups[1]["weight_decay"] == 0.0
+    groups = parameter_groups(net, weight_decay=5e-3, gamma_lr=0.1)
+    assert groups[0]["weight_decay"] == 5e-3 and groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    plain = parameter_groups(net, weight_decay=5e-3, dynamic=False)  # the ablation: the same split, plain decay
+    assert plain[1]["weight_decay"] == 5e-3 and "lr" not in plain[1] and len(plain[1]["params"]) == 6
     decay.remove()
 
 
@@ -45,7 +48,7 @@ def test_dynamic_decay_drives_idle_gammas_down_faster() -> None:
     decay = DynamicWeightDecay.for_model(unit, weight=3.0)
     with torch.no_grad():
         unit.norms[0].bias.copy_(torch.tensor([5.0, 5.0, 0.0, 0.0]))  # channels 0, 1 fire strongly
-    opt = torch.optim.SGD(decay.parameter_groups(unit), lr=0.05)
+    opt = torch.optim.SGD(parameter_groups(unit), lr=0.05)
     for _ in range(20):
         opt.zero_grad()
         unit(torch.randn(2, 4, 6, 6))

@@ -26,7 +26,7 @@ from bench.measure import profile_module
 from bench.recipes import BatchPlan
 from bench.schema import TrainingRecipe
 from bench.tasks import Metric, TaskResult, TaskSpec
-from operators.dynamic_weight_decay import DynamicWeightDecay
+from operators.dynamic_weight_decay import DynamicWeightDecay, parameter_groups
 from operators.registry import OperatorError
 from tasks.saliency.csnet import CSFNet, CSNet, CSNetWidths
 from tasks.saliency.data import SaliencyData, SaliencyDataConfig
@@ -62,8 +62,8 @@ class SaliencyRecipe(TrainingRecipe):
     dynamic_weight_decay: float = 3.0
     """Weight of the dynamic decay on CSNet's ILBlock gammas; 0 turns it off (plain weight decay on them)."""
     gamma_lr_mult: float = 1.0
-    """Learning-rate multiplier of the decayed gammas (1 as the official; a short protocol needs more: Adam moves a
-    gamma at most about lr per step, so reaching zero from 1 takes at least 1 / lr steps)."""
+    """Learning-rate multiplier of CSNet's ILBlock gammas, with or without dynamic decay (1 as the official; a short
+    protocol needs more: Adam moves a gamma at most about lr per step, so reaching zero from 1 takes 1 / lr steps)."""
     prune_threshold: float = 1e-20
     finetune_epochs: int = 300
     finetune_lr: float = 1e-4
@@ -127,9 +127,12 @@ class SaliencyModule(L.LightningModule):
                 self.log(prefix + key, value, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> dict:
-        wd = float(self.recipe.weight_decay)
-        gamma_lr = self.plan.lr * float(self.recipe.gamma_lr_mult)
-        groups = self.decay.parameter_groups(self.net, wd, gamma_lr) if self.decay is not None else None
+        """CSNet: its ILBlock gammas in their own group (at ``gamma_lr_mult`` x the rate, without plain decay
+        under dynamic weight decay, with it in the ablation); other networks: one group."""
+        if not isinstance(self.net, CSNet):
+            return configure_optimizers(self, self.recipe, self.plan.lr)
+        groups = parameter_groups(self.net, float(self.recipe.weight_decay), dynamic=self.decay is not None,
+                                  gamma_lr=self.plan.lr * float(self.recipe.gamma_lr_mult))
         return configure_optimizers(self, self.recipe, self.plan.lr, groups)
 
 
