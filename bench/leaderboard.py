@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.results import RecordError, read_record
+from bench.results import NOT_IDENTITY, RecordError, read_record
 from bench.tasks import Metric, find_task
 
 KEY_FIELDS = {"op": 1, "upsampler": 2}
@@ -303,14 +303,17 @@ def _delta(view: TaskView, rows: list[Row], row: Row) -> str:
 
 
 def _command(row: Row) -> str:
-    """The command that reproduces the row: one seed's command, or a sweep over the row's seeds."""
+    """The command that reproduces the row: one seed's command, or a sweep over the row's seeds, without the
+    keys that only said where its outputs went (``results_dir=``, ``runs_dir=``, ...)."""
     command = row.records[0][1]["provenance"]["command"]
-    if len(row.seeds) < 2:
-        return command
     try:
-        words = [w for w in shlex.split(command) if not w.startswith("seed=")]
+        said = shlex.split(command)
     except ValueError:  # not a shell command line (an edited record): show it as recorded
         return command
+    words = [w for w in said if w.split("=")[0] not in NOT_IDENTITY]
+    if len(row.seeds) < 2:
+        return command if words == said else shlex.join(words)
+    words = [w for w in words if not w.startswith("seed=")]
     return shlex.join([*words[:2], "-m", *words[2:], f"seed={','.join(map(str, row.seeds))}"])
 
 

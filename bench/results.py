@@ -40,6 +40,11 @@ Count = Annotated[int, Field(strict=True, ge=0)]
 """A non-negative JSON integer: no string, float or boolean."""
 
 
+NOT_IDENTITY = ("results_dir", "runs_dir", "resume", "rerun", "launcher")
+"""Keys that do not change what a run computes, so they stay out of its configuration hash (and out of the
+leaderboard's reproduce commands)."""
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -27,12 +27,10 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import ConfigError
-from bench.results import new_record, write_record
+from bench.results import NOT_IDENTITY, new_record, write_record
 from bench.tasks import get_task
 from operators.registry import OperatorError
 
-NOT_IDENTITY = ("results_dir", "runs_dir", "resume", "rerun", "launcher")
-"""Keys that do not change what a run computes, so they stay out of its configuration hash."""
 RUNNING = "running.json"
 """Written in a run's folder while it runs (process id and host), touched every `HEARTBEAT_S`, removed once its
 record is written: a marker whose process is gone, or (on another host) that stopped being touched, is a run

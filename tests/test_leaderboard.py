@@ -420,3 +420,16 @@ def test_saliency_pruned_rows_show_their_stages_beside_the_metrics(tmp_path: Pat
     pruned = next(line for line in lines if line.startswith("| csnet x1 dwd=3 pruned"))
     plain = next(line for line in lines if line.startswith("| csnet x1 dwd=3 -"))
     assert "| 77.00 | 67.00 | 0.21 |" in pruned and "| - | - | - |" in plain
+
+
+def test_reproduce_commands_leave_out_where_outputs_went(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    for seed in (0, 1):
+        record(folder, "ddf", seed, 0.5)
+    path = record(folder, "conv", 0, 0.6)
+    edit(path, lambda r: r["provenance"].update(command="bench run op=conv seed=0 results_dir=/tmp/x runs_dir=/tmp/y"))
+    edit(record(folder, "ddf", 2, 0.5), lambda r: r["provenance"].update(command="bench run op=ddf seed=2 rerun=true"))
+    generate([folder], tmp_path)
+    md = (tmp_path / "README.md").read_text()
+    assert "`bench run op=conv seed=0`" in md and "/tmp/x" not in md and "/tmp/y" not in md and "rerun" not in md
+    assert "`bench run -m task=classification op=ddf seed=0,1,2`" in md
