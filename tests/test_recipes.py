@@ -43,5 +43,8 @@ def test_each_recipe_builds_its_optimizer_and_an_unknown_one_exits_2(capsys: pyt
     assert isinstance(quick, torch.optim.AdamW) and quick.defaults["weight_decay"] == 0.05
     coco = build_optimizer(params, compose("run", ["task=detection", "recipe=coco_1x"]).recipe, 0.02)
     assert isinstance(coco, torch.optim.SGD) and not coco.defaults["nesterov"]  # detection recipes state no Nesterov
-    assert main(["run", "task=classification", "recipe.optimizer=adam"]) == 2
+    sod = build_optimizer(params, compose("run", ["task=saliency", "recipe=sod100k"]).recipe, 1e-4)
+    assert type(sod) is torch.optim.Adam and sod.defaults["betas"] == (0.9, 0.99)  # L2 in the gradient, as SOD100K
+    assert sod.defaults["weight_decay"] == 5e-3
+    assert main(["run", "task=classification", "recipe.optimizer=adamww"]) == 2
     assert "Did you mean 'adamw'" in capsys.readouterr().err

@@ -100,8 +100,8 @@ def test_plugin_task_works_from_the_installed_console_command(toy: Path, tmp_pat
 def test_broken_task_plugin_warns_and_the_suite_keeps_working(install_task_plugin,
                                                               capsys: pytest.CaptureFixture) -> None:
     install_task_plugin("broken-tasks", {"broken_tasks.py": "raise ImportError('needs pysodmetrics')\n"},
-                        "[bench.tasks]\nsaliency = broken_tasks:TASK\n")
-    with pytest.warns(TaskPluginWarning, match=r"'saliency'.*'broken-tasks'.*needs pysodmetrics"):
+                        "[bench.tasks]\npose = broken_tasks:TASK\n")
+    with pytest.warns(TaskPluginWarning, match=r"'pose'.*'broken-tasks'.*needs pysodmetrics"):
         names = list_tasks()
-    assert {"classification", "detection", "profile"} <= set(names) and "saliency" not in names
+    assert {"classification", "detection", "profile"} <= set(names) and "pose" not in names
     assert main(["run", "--cfg", "task=classification"]) == 0
