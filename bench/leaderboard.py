@@ -158,10 +158,12 @@ def _with_kwargs(name: str | None, kwargs: dict[str, Any] | None) -> str:
 
 
 def _protocol(record: dict[str, Any]) -> str:
-    """Fingerprint of the recipe and data settings a record ran with (the data location excepted)."""
+    """Fingerprint of the recipe and data settings a record ran with (the data location excepted). A recipe
+    setting left unset (null) counts as absent, so a field added later with a null default changes no protocol."""
     config = record.get("config", {})
     data = {k: v for k, v in (config.get("data") or {}).items() if k != "path"}
-    text = json.dumps({"recipe": config.get("recipe"), "data": data}, sort_keys=True, default=str)
+    recipe = {k: v for k, v in (config.get("recipe") or {}).items() if v is not None}
+    text = json.dumps({"recipe": recipe, "data": data}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 

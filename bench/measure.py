@@ -335,6 +335,15 @@ def profile_model(model: nn.Module, size: int, batch: int, *, device: torch.devi
     }
 
 
+def batch_one_efficiency(model: nn.Module, inputs: Sequence[Tensor], scope: str) -> dict[str, Any]:
+    """A record's efficiency block for a network timed at batch 1 only (params, MACs, latency on the CPU):
+    for networks whose inputs are not one image, or whose batch-1 latency is the figure that matters."""
+    result = profile_module(model, inputs, device=torch.device("cpu"), train=False)
+    return {"params": result.params, "macs": result.macs, "input_shape": list(inputs[-1].shape[1:]),
+            "latency_ms": {"median": result.latency_ms, "iqr": result.latency_iqr_ms, "batch": 1},
+            "throughput_per_s": result.throughput_per_s, "throughput_batch": 1, "scope": scope}
+
+
 def compare_latency(model: nn.Module, reference: nn.Module, size: int, batch: int, *,
                     device: torch.device, rounds: int, iters: int, channels_last: bool = True,
                     compile: bool = False) -> dict[str, float]:

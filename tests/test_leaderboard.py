@@ -186,6 +186,10 @@ def test_different_protocols_or_operator_arguments_are_never_averaged(tmp_path: 
     r = read_record(edited)
     r["config"]["recipe"]["epochs"] = 1
     edited.write_text(json.dumps(r))
+    later = record(folder, "conv", 3, 0.8)  # a recipe field added later with a null default: the same protocol
+    r = read_record(later)
+    r["config"]["recipe"]["default_backbone"] = None
+    later.write_text(json.dumps(r))
     alpha = record(folder, "octconv", 0, 0.6)
     r = read_record(alpha)
     r["op_kwargs"] = {"alpha": 0.25}
@@ -194,7 +198,7 @@ def test_different_protocols_or_operator_arguments_are_never_averaged(tmp_path: 
     rows = [line for line in (folder.parent / "README.md").read_text().splitlines() if line.startswith("| resnet20")]
     quick_rows = [line for line in rows if "| conv |" in line]
     assert len(quick_rows) == 2 and len({line.split(" | ")[3] for line in quick_rows}) == 2
-    assert any("80.00 +/- 0.00 (n=2)" in line for line in quick_rows)
+    assert any("80.00 +/- 0.00 (n=3)" in line for line in quick_rows)
     assert any("| octconv(alpha=0.25) |" in line for line in rows)
 
 

@@ -28,6 +28,9 @@ def test_recipes_state_their_protocols() -> None:
     assert (cifar.epochs, cifar.lr, cifar.weight_decay, list(cifar.milestones)) == (200, 0.05, 5e-4, [100, 150])
     imagenet = compose("run", ["task=classification", "recipe=imagenet"]).recipe
     assert (imagenet.epochs, imagenet.schedule, imagenet.precision) == (120, "cosine", "16-mixed")
+    standard = compose("run", ["task=classification", "recipe=standard"]).recipe
+    assert standard.default_backbone == "op_resnet29"  # the protocol names its network; quick leaves the task's
+    assert compose("run", ["task=classification"]).recipe.default_backbone is None
 
 
 def test_each_recipe_builds_its_optimizer_and_an_unknown_one_exits_2(capsys: pytest.CaptureFixture) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import timm
@@ -42,6 +43,8 @@ class ClassificationRecipe(TrainingRecipe):
     label_smoothing: float = 0.0
     crop_padding: int = 0
     random_resized_crop: bool = False
+    default_backbone: Optional[str] = None
+    """The network the protocol is defined on, used when ``backbone=null`` (else the task's default)."""
 
 
 class ClassificationModule(L.LightningModule):
@@ -86,7 +89,7 @@ def run(cfg: DictConfig, run_dir: str) -> TaskResult:
     """Train, test and profile the backbone with ``cfg.op`` in its slots."""
     from backbones import model_name
 
-    backbone = cfg.backbone or cfg.task.default_backbone
+    backbone = cfg.backbone or cfg.recipe.default_backbone or cfg.task.default_backbone
 
     def build(plan: BatchPlan) -> TrainingJob:
         data = ClassificationData(cfg, plan.per_device_batch)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from bench.errors import ConfigError, unknown_name_message
-from bench.measure import profile_module
+from bench.measure import batch_one_efficiency
 from bench.recipes import BatchPlan
 from bench.schema import TrainingRecipe
 from bench.tasks import Metric, TaskResult, TaskSpec
@@ -131,11 +131,8 @@ def model_name(cfg: DictConfig) -> str:
 def profile(net: nn.Module, size: int, scale: int) -> dict[str, Any]:
     """Params, MACs and batch-1 latency of ``net`` upsampling a (size / scale)^2 depth map to size^2."""
     low, guide = torch.rand(1, 1, size // scale, size // scale), torch.rand(1, 3, size, size)
-    result = profile_module(net, [low, guide], device=torch.device("cpu"), train=False)
-    return {"params": result.params, "macs": result.macs, "input_shape": [3, size, size],
-            "latency_ms": {"median": result.latency_ms, "iqr": result.latency_iqr_ms, "batch": 1},
-            "throughput_per_s": result.throughput_per_s, "throughput_batch": 1,
-            "scope": f"the whole network, a {size // scale}^2 depth map and a {size}^2 guide to {size}^2"}
+    return batch_one_efficiency(net, [low, guide],
+                                f"the whole network, a {size // scale}^2 depth map and a {size}^2 guide to {size}^2")
 
 
 def run(cfg: DictConfig, run_dir: str) -> TaskResult:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from bench.errors import ConfigError, unknown_name_message
-from bench.measure import profile_module
+from bench.measure import batch_one_efficiency
 from bench.recipes import BatchPlan
 from bench.schema import TrainingRecipe
 from bench.tasks import Metric, TaskResult, TaskSpec
@@ -161,11 +161,7 @@ def build_net(cfg: DictConfig, upsampler: str) -> tuple[nn.Module, str | None]:
 
 def profile(net: nn.Module, size: int) -> dict[str, Any]:
     """Parameters, MACs and batch-1 latency of the whole network at ``size`` squared."""
-    result = profile_module(net, [torch.rand(1, 3, size, size)], device=torch.device("cpu"), train=False)
-    return {"params": result.params, "macs": result.macs, "input_shape": [3, size, size],
-            "latency_ms": {"median": result.latency_ms, "iqr": result.latency_iqr_ms, "batch": 1},
-            "throughput_per_s": result.throughput_per_s, "throughput_batch": 1,
-            "scope": f"the whole network at {size} x {size}"}
+    return batch_one_efficiency(net, [torch.rand(1, 3, size, size)], f"the whole network at {size} x {size}")
 
 
 def finetune_config(cfg: DictConfig, widths: CSNetWidths) -> DictConfig:
