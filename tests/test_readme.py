@@ -65,6 +65,14 @@ def test_readme_cli_examples_compose(capsys: pytest.CaptureFixture) -> None:
         assert main([command, "--cfg", *(["-m"] if multirun else []), *args]) == 0, rest
 
 
+def test_the_committed_boards_sweeps_compose_with_a_launcher(capsys: pytest.CaptureFixture) -> None:
+    script = (README.parent / "leaderboards" / "sweeps.sh").read_text()
+    sweeps = re.findall(r'^  "(task=[^"]+)"$', script, flags=re.M)
+    assert len(sweeps) >= 10 and "launcher=slurm" in README.read_text()
+    for sweep in sweeps:
+        assert main(["run", "--cfg", "-m", *sweep.split(), "launcher=local", "launcher.jobs=2"]) == 0, sweep
+
+
 def _table_record(op: str, latency: float, vs_baseline: dict | None) -> dict:
     efficiency = {"params": 25_000_000, "macs": 4_000_000_000, "input_shape": [3, 224, 224], "channels_last": True,
                   "latency_ms": {"median": latency, "iqr": 1.0}, "throughput_batch": 8, "throughput_per_s": 20.0,
