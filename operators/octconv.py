@@ -71,12 +71,16 @@ class OctConv(nn.Module):
     H->H (and once more before H->L), X^L is average-pooled before L->L, and L->H convolves X^L as it
     is, with no upsampling, since X^L already has the high output's resolution (the two halves of
     ``from_low`` then read different inputs and run as two convs). ``alpha_in=0`` takes a plain
-    tensor and ``alpha_out=0`` returns one (the first and last layers of an Oct-network).
+    tensor and ``alpha_out=0`` returns one (the first and last layers of an Oct-network). ``alpha`` is
+    the paper's one ratio: it sets both (an Oct-network such as ``op_resnet*`` reads it for all its layers).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 alpha_in: float = 0.5, alpha_out: float = 0.5, bias: bool = False) -> None:
+                 alpha_in: float = 0.5, alpha_out: float = 0.5, bias: bool = False,
+                 alpha: float | None = None) -> None:
         super().__init__()
+        if alpha is not None:
+            alpha_in = alpha_out = alpha
         self.in_scales = split_channels(in_channels, [1 - alpha_in, alpha_in])
         self.out_scales = split_channels(out_channels, [1 - alpha_out, alpha_out])
         self.stride = stride

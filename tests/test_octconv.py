@@ -161,3 +161,16 @@ def test_oct_resnet50_macs_match_the_paper() -> None:
     stage4 = oct_r50.layer4[0]
     assert [c.out_scales for c in stage4.convs] == [[512], [512], [2048]]  # plain from the first 1x1 conv on
     assert stage4.convs[0].in_scales == [512, 512] and stage4.downsample[0].in_scales == [512, 512]
+
+
+def test_one_alpha_sets_both_ratios_and_an_oct_resnet_reads_it_from_the_cli_kwargs() -> None:
+    import timm
+
+    import backbones  # noqa: F401  registers the backbones
+    from bench.config import compose
+
+    conv = create_op("octconv", 16, 16, alpha=0.25)
+    assert conv.in_scales == conv.out_scales == [12, 4]
+    cfg = compose("run", ["task=classification", "recipe=standard", "op=octconv", "op_kwargs.alpha=0.125"])
+    net = timm.create_model(cfg.recipe.default_backbone, op="octconv", op_kwargs=dict(cfg.op_kwargs))
+    assert net.op_metadata["octave_alpha"] == 0.125
