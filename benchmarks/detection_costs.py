@@ -1,16 +1,16 @@
-"""What do our ThunderNet and Light-Head R-CNN cost against their papers, part by part?
+"""What do our ThunderNet and Light-Head R-CNN cost, part by part?
 
 Parameters per part and multiply-accumulates (batch 1, eval mode, ``op=conv``, 80 COCO classes) of the
 detectors as ``task=detection`` builds them with their COCO recipes:
 
-* ThunderNet on SNet146 at 320 x 320 (``recipe=thundernet_coco``), against the paper's 146 MFLOPs for SNet146
-  at 224 and its detector's cost, which the paper states in the same unit (FLOPs = multiply-adds);
-* Light-Head R-CNN (``recipe=light_head_coco``): the head's cost (large separable conv on C5, PS RoI align's
-  R-CNN subnet) on ResNet-101 at 800 x 1333, the figure the paper compares with R-FCN's and Faster R-CNN's heads.
+* ThunderNet on SNet146 at 320 x 320 (``recipe=thundernet_coco``), and SNet146 alone at 224 x 224, the size of
+  the paper's 146 MFLOPs (REFERENCE.md);
+* Light-Head R-CNN, the paper's large setting (``recipe=light_head_coco``: ResNet-101, C_mid 256) at
+  800 x 1344 (1333 padded to a multiple of 32): the large separable conv on C5 and the R-CNN subnet.
 
-Backbone and neck MACs come from ``bench.measure.count_macs`` on the feature maps; the RPN head and the
-R-CNN subnet are counted per anchor map and per RoI (their layers are 1x1 convs and fully connected layers,
-whose MACs are their weights times the positions they run at), with the RoI count of the test config.
+Backbone and neck MACs come from ``bench.measure.count_macs`` on the feature maps. The RPN head and the
+R-CNN subnet are counted from their weights (stride-1 convs and fully connected layers: MACs per position
+are the weights), per position of the RPN map and per RoI, with the RoI count of the test config.
 ``--json FILE`` writes every figure to FILE.
 """
 
@@ -40,7 +40,7 @@ def params(module: nn.Module) -> int:
 
 
 def weight_macs(module: nn.Module) -> int:
-    """MACs of one position of a stack of 1x1 convs / linear layers: their weights (biases excluded)."""
+    """MACs at one position of a stack of stride-1 convs and linear layers: their weights (biases excluded)."""
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
