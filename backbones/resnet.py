@@ -151,19 +151,26 @@ class OctaveFeature(nn.Module):
 
 
 class ResNet(ClassifierHead, nn.Module):
-    """ResNet with an operator in every block's spatial slot; ImageNet (4 stages) or CIFAR (3 stages) stem."""
+    """ResNet with an operator in every block's spatial slot; ImageNet (4 stages) or CIFAR (3 stages) stem.
+
+    ``width_multiplier`` scales the stem and every stage's width (16/32/64 or 64/128/256/512), as wide ResNets do.
+    """
 
     classifier_attr = "fc"
 
     def __init__(self, block: str, layers: Sequence[int], op: str = "conv", op_kwargs: Mapping[str, Any] | None = None,
                  num_classes: int = 1000, in_chans: int = 3, cifar_stem: bool = False, alpha: float = 0.5,
-                 global_pool: str = "avg", drop_rate: float = 0.0, name: str = "resnet") -> None:
+                 global_pool: str = "avg", drop_rate: float = 0.0, name: str = "resnet",
+                 width_multiplier: float = 1.0) -> None:
         super().__init__()
+        if width_multiplier <= 0:
+            raise ValueError(f"{name}: width_multiplier must be positive, got {width_multiplier}")
         bottleneck = block == "bottleneck"
         block_cls = Bottleneck if bottleneck else BasicBlock
         expansion = block_cls.expansion
         self.num_classes, self.drop_rate, self.grad_checkpointing = num_classes, drop_rate, False
-        widths = (16, 32, 64) if cifar_stem else (64, 128, 256, 512)
+        base = (16, 32, 64) if cifar_stem else (64, 128, 256, 512)
+        widths = tuple(max(1, round(w * width_multiplier)) for w in base)
         stem = widths[0]
         if cifar_stem:
             self.conv1 = nn.Conv2d(in_chans, stem, 3, 1, 1, bias=False)

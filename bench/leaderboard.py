@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.ablations import ABLATIONS, Ablation, Variant, verdict
 from bench.results import NOT_IDENTITY, RecordError, read_record
 from bench.tasks import Metric, find_task
 
@@ -385,6 +386,69 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     return header, cells
 
 
+@dataclass(frozen=True)
+class AblationTable:
+    """One paper's ablation as found in one leaderboard section: its variants' rows (None where not run)."""
+
+    ablation: Ablation
+    section: tuple[str, str, str]
+    model: str
+    recipe: str
+    rows: tuple[tuple[Variant, Row | None], ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.ablation.title}: {self.section[0]} on {self.section[1]}, {self.model}, {self.recipe}"
+
+
+ABLATIONS_NOTE = ("Each paper's ablation run on the suite: its variants' rows (same section, model and recipe) and, "
+                  "for each ordering the paper found, whether the suite reproduces it: yes or no when the gap between "
+                  "the means exceeds twice its standard error, within noise otherwise.")
+
+
+def ablation_tables(tables: dict) -> list[AblationTable]:
+    """Every declared ablation with at least two of its variants run in the same section, model and recipe."""
+    found = []
+    for ablation in ABLATIONS:
+        for section, rows in tables.items():
+            if section[0] != ablation.task:
+                continue
+            groups = sorted({(row.key[0], row.key[3]) for row in rows
+                             if row.key[3].split("@")[0] == ablation.recipe and row.key[2] == "-"})
+            for model, recipe in groups:
+                by_op = {row.key[1]: row for row in rows
+                         if (row.key[0], row.key[3], row.key[2]) == (model, recipe, "-")}
+                matched = tuple((v, by_op.get(v.op)) for v in ablation.variants)
+                if sum(row is not None for _, row in matched) >= 2:
+                    found.append(AblationTable(ablation, section, model, recipe, matched))
+    return found
+
+
+def ablation_cells(table: AblationTable) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, one row of cells per variant, and one line per claimed ordering with its verdict."""
+    view = section_view(table.section, [row for _, row in table.rows if row is not None])
+    primary, rows = view.primary, dict((v.label, row) for v, row in table.rows)
+    baseline = rows.get(table.ablation.variants[0].label)
+    header = ["variant", "row", primary.label, f"delta vs {table.ablation.variants[0].label}", "converged", "seeds"]
+    cells = []
+    for variant, row in table.rows:
+        if row is None:
+            cells.append([variant.label, variant.op, "not run", "-", "-", "-"])
+            continue
+        mine, base = row.metric(primary.name, primary.floor), baseline and baseline.metric(primary.name, primary.floor)
+        delta = f"{(mine[0] - base[0]) * primary.scale:+.2f}" if mine and base and row is not baseline else "-"
+        n = len(row.values(primary.name, primary.floor))
+        cells.append([variant.label, variant.op, _fmt(mine, n, primary.scale), delta, convergence(view, row),
+                      _seeds(row)])
+    claims = []
+    for claim in table.ablation.claims:
+        low, high = rows.get(claim.lower), rows.get(claim.higher)
+        scores = [[v * primary.scale for v in r.values(primary.name, primary.floor)] if r else [] for r in (low, high)]
+        relation = "<" if primary.higher_is_better else ">"
+        claims.append(f"{claim.lower} {relation} {claim.higher}: {verdict(*scores, primary.higher_is_better)}")
+    return header, cells, claims
+
+
 def _vs_baseline(row: Row) -> str:
     """The interleaved latency ratios of `task.baseline`, per batch size, averaged over the row's records."""
     found = [r["efficiency"]["vs_baseline"] for _, r in row.records if r.get("efficiency", {}).get("vs_baseline")]
@@ -423,6 +487,14 @@ def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list
             links = " ".join(f"[{i + 1}]({p})" for i, p in enumerate(paths))
             lines.append("| " + " | ".join(v.replace("|", "\\|") for v in [*values, links, f"`{command}`"]) + " |")
         lines.append("")
+    if found := ablation_tables(tables):
+        lines += ["## Papers' ablations", "", ABLATIONS_NOTE, ""]
+        for table in found:
+            header, cells, claims = ablation_cells(table)
+            lines += [f"### {table.title}", "", f"Hardware: {table.section[2]}", "", table.ablation.source, "",
+                      "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+                      *("| " + " | ".join(cells_row) + " |" for cells_row in cells), "",
+                      "The paper's orderings, as reproduced here:", "", *(f"- {claim}" for claim in claims), ""]
     if dups := duplicates(tables):
         columns = ["task", "data", "hardware", "backbone", "op", "upsampler", "recipe", "seed", "result",
                    "kept instead", "why"]
@@ -615,6 +687,16 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
         parts += [svg for svg in (plot_svg(section, rows, "GMACs"), plot_svg(section, rows, "latency"),
                                   curve_svg(section, rows)) if svg]
         parts.append("</div>")
+    if found := ablation_tables(tables):
+        parts.append(f"<h2>Papers' ablations</h2><p>{html.escape(ABLATIONS_NOTE)}</p>")
+        for table in found:
+            header, cells, claims = ablation_cells(table)
+            parts.append(f"<h3>{html.escape(table.title)}</h3><p>Hardware: {html.escape(table.section[2])}</p>"
+                         f"<p>{html.escape(table.ablation.source)}</p><table><thead><tr>"
+                         + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"
+                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                                   for row in cells)
+                         + "</tbody></table><ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in claims) + "</ul>")
     if dups := duplicates(tables):
         parts.append(f"<h2>Duplicate runs (not averaged)</h2><p>{html.escape(DUPLICATES_NOTE)}</p><ul>")
         for (task, data, hardware), row, dup in dups:

@@ -77,6 +77,19 @@ def test_cifar_bottleneck_resnets_put_the_operator_where_the_papers_do() -> None
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_width_multiplier_scales_every_stage() -> None:
+    wide = timm.create_model("op_resnet29", width_multiplier=2, op="ddf")
+    stages = (wide.layer1, wide.layer2, wide.layer3)
+    assert [stage[0].conv1.out_channels for stage in stages] == [32, 64, 128]
+    assert wide.num_features == 512 and wide.conv1.out_channels == 32
+    assert wide(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    narrow = params(timm.create_model("op_resnet29", width_multiplier=0.5))
+    base = params(timm.create_model("op_resnet29"))
+    assert 0.2 < narrow / base < 0.3  # the 1x1 convs, most of the weights, shrink with the square of the width
+    with pytest.raises(ValueError, match="width_multiplier must be positive"):
+        timm.create_model("op_resnet29", width_multiplier=0)
+
+
 def test_depthwise_slots_stay_depthwise_for_the_baseline() -> None:
     m = timm.create_model("op_mobilenetv2")
     assert m.stages[1][0].spatial[0].groups == 96
