@@ -299,7 +299,8 @@ class DDF(nn.Module):
                                  if filter_norm == "fn" else nn.Sigmoid())
         init_branches(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def filters(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The normalised channel (N*head, C/head, k, k) and spatial (N*head, k*k, H_out, W_out) filters for ``x``."""
         n, c, h, w = x.shape
         k, g = self.kernel_size, self.head
         h_out, w_out = output_size(h, self.stride), output_size(w, self.stride)
@@ -312,8 +313,14 @@ class DDF(nn.Module):
             spatial = self.spatial_norm(self.spatial_branch(x)).reshape(n * g, k * k, h_out, w_out)
         else:
             spatial = x.new_full((n * g, k * k, h_out, w_out), neutral)
-        y = ddf(x.reshape(n * g, c // g, h, w), channel, spatial, k, self.dilation, self.stride, self.kernel_combine)
-        return y.reshape(n, c, h_out, w_out)
+        return channel, spatial
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        channel, spatial = self.filters(x)
+        y = ddf(x.reshape(n * self.head, c // self.head, h, w), channel, spatial, self.kernel_size, self.dilation,
+                self.stride, self.kernel_combine)
+        return y.reshape(n, c, *spatial.shape[2:])
 
     def macs(self, x: Tensor) -> int:
         n, c, h, w = x.shape
