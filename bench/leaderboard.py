@@ -8,8 +8,9 @@ the primary metric and its direction (rows sorted best first, the Pareto front o
 the baseline rule of the deltas. A row holds one sample per seed: a copy of a record (same ``run_id``) or a
 repeated run of the same configuration and seed is listed under "Duplicate runs (not averaged)" and the newest
 run (by end time) is kept. Runs that did not succeed are listed apart; files that are not valid records (NaN or
-Infinity, a number given as a string, ...) are reported by path with the reason and skipped. The same inputs
-always give byte-identical outputs.
+Infinity, a number given as a string, ...) are reported by path with the reason and skipped. The papers'
+ablations (`bench.ablations`) get their own tables, with a verdict on each ordering the paper found. The same
+inputs always give byte-identical outputs.
 """
 
 from __future__ import annotations
