@@ -14,6 +14,7 @@ SWEEPS=(
   "task=classification recipe=standard op=conv,ddf,dwconv,octconv,scconv,sru,cru seed=0,1,2"
   "task=classification recipe=standard op=ddf op_kwargs.branches=spatial,channel seed=0,1,2"
   "task=classification recipe=standard op=ddf op_kwargs.filter_norm=sigmoid seed=0,1,2"
+  "task=classification recipe=standard op=ddf op_kwargs.spatial_mean=true seed=0,1,2"
   "task=classification recipe=standard op=octconv op_kwargs.alpha=0.125,0.25,0.75 seed=0,1"
   "task=detection op=conv,ddf upsampler=nearest,carafe,ddf_up"
   "task=detection detector=thundernet backbone=snet146 op=conv,dwconv,ddf"

@@ -225,10 +225,13 @@ class FilterNorm(nn.Module):
     """DDF's filter normalisation: standardise each filter over its k*k taps, then scale.
 
     Spatial filters (per pixel and head) use a fixed gain/k; channel filters a learnable
-    per-element std initialised to randn * gain / k, as in DDFPack.
+    per-element std initialised to randn * gain / k, as in DDFPack. ``learnable_mean`` adds a learnable
+    per-element mean initialised to randn (the official FilterNorm's ``running_mean`` option, off in DDFPack):
+    standardised filters sum to zero over their taps, and the mean gives them back a static part.
     """
 
-    def __init__(self, groups: int, kernel_size: int, kind: str, gain: float, learnable_std: bool) -> None:
+    def __init__(self, groups: int, kernel_size: int, kind: str, gain: float, learnable_std: bool,
+                 learnable_mean: bool = False) -> None:
         super().__init__()
         self.groups, self.kernel_size, self.kind = groups, kernel_size, kind
         scale = gain / kernel_size
@@ -236,18 +239,18 @@ class FilterNorm(nn.Module):
             self.std = nn.Parameter(torch.randn(groups * kernel_size**2) * scale)
         else:
             self.register_buffer("std", torch.tensor(scale), persistent=False)
+        self.mean = nn.Parameter(torch.randn(groups * kernel_size**2)) if learnable_mean else None
 
     def forward(self, f: Tensor) -> Tensor:
         n = f.shape[0]
         if self.kind == "spatial":
             h, w = f.shape[2:]
-            taps = f.reshape(n, self.groups, -1, h, w)
-            dim, std = 2, self.std if self.std.dim() == 0 else self.std.reshape(1, self.groups, -1, 1, 1)
+            taps, shape = f.reshape(n, self.groups, -1, h, w), (1, self.groups, -1, 1, 1)
         else:
-            taps = f.reshape(n, self.groups, -1)
-            dim, std = 2, self.std if self.std.dim() == 0 else self.std.reshape(1, self.groups, -1)
-        taps = (taps - taps.mean(dim, keepdim=True)) / (taps.std(dim, keepdim=True) + 1e-10)
-        return (taps * std).reshape(f.shape)
+            taps, shape = f.reshape(n, self.groups, -1), (1, self.groups, -1)
+        std = self.std if self.std.dim() == 0 else self.std.reshape(shape)
+        taps = (taps - taps.mean(2, keepdim=True)) / (taps.std(2, keepdim=True) + 1e-10) * std
+        return (taps if self.mean is None else taps + self.mean.reshape(shape)).reshape(f.shape)
 
 
 def init_branches(module: nn.Module) -> None:
@@ -268,12 +271,16 @@ class DDF(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, head: int = 1, se_ratio: float = 0.2, nonlinearity: str = "relu",
-                 kernel_combine: str = "mul", branches: str = "both", filter_norm: str = "fn") -> None:
+                 kernel_combine: str = "mul", branches: str = "both", filter_norm: str = "fn",
+                 spatial_mean: bool = False) -> None:
         super().__init__()
         if out_channels not in (None, in_channels):
             raise OperatorError(f"ddf preserves channels: cannot map {in_channels} to {out_channels}")
         if kernel_combine not in COMBINES:
             raise OperatorError(f"ddf: kernel_combine must be one of {COMBINES}, got {kernel_combine!r}")
+        if spatial_mean and (filter_norm != "fn" or branches == "channel"):
+            raise OperatorError("ddf: spatial_mean adds a learnable mean to the filter-normalised spatial filters; "
+                                "it needs filter_norm='fn' and a spatial branch")
         if branches not in BRANCHES or filter_norm not in FILTER_NORMS:
             raise OperatorError(f"ddf: branches must be one of {BRANCHES} and filter_norm one of {FILTER_NORMS}, "
                                 f"got {branches!r} and {filter_norm!r}")
@@ -288,7 +295,7 @@ class DDF(nn.Module):
         self.spatial_branch = self.spatial_norm = self.channel_branch = self.channel_norm = None
         if branches != "channel":
             self.spatial_branch = Pointwise(in_channels, head * taps, stride, bias=True)
-            self.spatial_norm = (FilterNorm(head, kernel_size, "spatial", gain, learnable_std=False)
+            self.spatial_norm = (FilterNorm(head, kernel_size, "spatial", gain, False, learnable_mean=spatial_mean)
                                  if filter_norm == "fn" else nn.Sigmoid())
         if branches != "spatial":
             mid = max(1, int(in_channels * se_ratio))

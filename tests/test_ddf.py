@@ -181,6 +181,21 @@ def test_sigmoid_normalisation_replaces_filter_normalisation() -> None:
         create_op("ddf", 8, 8, branches="neither")
 
 
+def test_spatial_mean_gives_the_standardised_spatial_filters_a_learnable_static_part() -> None:
+    """Filter normalisation makes every spatial filter sum to zero; ``spatial_mean`` adds a per-tap mean."""
+    torch.manual_seed(0)
+    plain, with_mean = create_op("ddf", 8, 8), create_op("ddf", 8, 8, spatial_mean=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(with_mean) - count(plain) == 9
+    x = torch.randn(2, 8, 6, 6)
+    assert plain.filters(x)[1].sum(1).abs().max() < 1e-5
+    sums = with_mean.filters(x)[1].sum(1)
+    torch.testing.assert_close(sums, with_mean.spatial_norm.mean.sum().expand(2, 6, 6))
+    assert with_mean(x).shape == x.shape
+    with pytest.raises(OperatorError, match="spatial_mean"):
+        create_op("ddf", 8, 8, spatial_mean=True, filter_norm="sigmoid")
+
+
 @pytest.mark.parametrize("make", [lambda: DDF(16), lambda: DDF(16, stride=2), lambda: DDFUp(16),
                                   lambda: DDFUp(16, guide_channels=16)], ids=["ddf", "ddf-s2", "ddf_up", "ddf_up-guided"])
 def test_gradients_at_initialisation_stay_bounded_where_the_input_is_all_zero(make) -> None:
