@@ -25,6 +25,7 @@ import json
 
 import timm
 import torch
+import yaml
 from torch import Tensor
 
 import backbones  # noqa: F401  registers the models
@@ -49,7 +50,8 @@ def filter_stats(module: DDF, x: Tensor) -> dict[str, float]:
 def variant_stats(variant: str, batch: Tensor) -> dict[str, object]:
     """Per-layer statistics of one variant (``both`` or ``key=value``, optionally ``@checkpoint``)."""
     setting, _, checkpoint = variant.partition("@")
-    kwargs = {} if setting == "both" else dict([setting.split("=", 1)])
+    key, _, value = setting.partition("=")
+    kwargs = {} if setting == "both" else {key: yaml.safe_load(value)}  # spatial_mean=true is a bool
     model = timm.create_model("op_resnet29", op="ddf", op_kwargs=kwargs, num_classes=10)
     if checkpoint:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
