@@ -404,7 +404,8 @@ class AblationTable:
 
 ABLATIONS_NOTE = ("Each paper's ablation run on the suite: its variants' rows (same section, model and recipe) and, "
                   "for each ordering the paper found, whether the suite reproduces it: yes or no when the gap between "
-                  "the means exceeds twice its standard error, within noise otherwise.")
+                  "the means exceeds twice its standard error, within noise otherwise. The bracketed gap is the "
+                  "claimed-higher variant minus the claimed-lower one: positive agrees with the paper.")
 
 
 def ablation_tables(tables: dict) -> list[AblationTable]:
