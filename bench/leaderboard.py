@@ -429,7 +429,7 @@ def ablation_tables(tables: dict) -> list[AblationTable]:
 def ablation_cells(table: AblationTable) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, one row of cells per variant, and one line per claimed ordering with its verdict."""
     view = section_view(table.section, [row for _, row in table.rows if row is not None])
-    primary, rows = view.primary, dict((v.label, row) for v, row in table.rows)
+    primary, rows = view.primary, {v.label: row for v, row in table.rows}
     baseline = rows.get(table.ablation.variants[0].label)
     header = ["variant", "row", primary.label, f"delta vs {table.ablation.variants[0].label}", "converged", "seeds"]
     cells = []

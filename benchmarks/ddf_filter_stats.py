@@ -34,6 +34,7 @@ from operators.ddf import DDF
 from tasks.classification.data import ClassificationData
 
 
+@torch.no_grad()
 def filter_stats(module: DDF, x: Tensor) -> dict[str, float]:
     """``dc_share`` and ``dc_sign_consistency`` of the layer's effective filters on input ``x`` (head 1)."""
     channel, spatial = module.filters(x)

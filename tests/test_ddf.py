@@ -196,6 +196,23 @@ def test_spatial_mean_gives_the_standardised_spatial_filters_a_learnable_static_
         create_op("ddf", 8, 8, spatial_mean=True, filter_norm="sigmoid")
 
 
+def test_filter_statistics_see_the_zero_mean_spatial_filters() -> None:
+    """benchmarks/ddf_filter_stats.py: spatial-only filters carry no mean; a filter shared over pixels keeps its sign."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ddf_filter_stats.py"
+    spec = importlib.util.spec_from_file_location("ddf_filter_stats", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 8, 6, 6))
+    spatial = benchmark.filter_stats(create_op("ddf", 8, 8, branches="spatial"), x)
+    channel = benchmark.filter_stats(create_op("ddf", 8, 8, branches="channel"), x)
+    assert spatial["dc_share"] < 1e-9 and spatial["dc_sign_consistency"] < 0.9
+    assert 0 < channel["dc_share"] <= 1 and channel["dc_sign_consistency"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("make", [lambda: DDF(16), lambda: DDF(16, stride=2), lambda: DDFUp(16),
                                   lambda: DDFUp(16, guide_channels=16)], ids=["ddf", "ddf-s2", "ddf_up", "ddf_up-guided"])
 def test_gradients_at_initialisation_stay_bounded_where_the_input_is_all_zero(make) -> None:
