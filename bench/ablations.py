@@ -65,10 +65,12 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation(
         title="SCConv: SRU, CRU and both",
         source="SCConv paper (Li et al., CVPR 2023): SRU then CRU is the configuration it adopts over either unit "
-               "alone, and ResNet-50 + SCConv is +0.26 top-1 over ResNet-50 on ImageNet.",
+               "alone, and ResNet-50 + SCConv is +0.26 top-1 over ResNet-50 on ImageNet. SRU mixes no pixels, so "
+               "'SRU alone' is read as SRU then the 3x3 conv; SRU with nothing after it is shown, without a claim.",
         task="classification", recipe="standard",
-        variants=(BASELINE, Variant("SRU alone", "sru"), Variant("CRU alone", "cru"),
-                  Variant("SRU then CRU", "scconv")),
+        variants=(BASELINE, Variant("SRU alone", "sru(conv=True)"), Variant("CRU alone", "cru"),
+                  Variant("SRU then CRU", "scconv"),
+                  Variant("SRU with no conv after it (no paper claim)", "sru")),
         claims=(Claim("SRU alone", "SRU then CRU"), Claim("CRU alone", "SRU then CRU"),
                 Claim("baseline (conv)", "SRU then CRU")),
     ),

@@ -1,7 +1,9 @@
 """`bench leaderboard`: Markdown, CSV and a static HTML page generated from result records.
 
-Records are grouped by task and dataset, then by the hardware their latency was measured on (timings
-from different machines or precisions are never ranked together). One row per (backbone, operator,
+Records are grouped by task and dataset, then by platform: the device kind (every CPU host is one platform,
+each GPU model its own), precision and compilation. Metrics pool the seeds of a platform whichever host ran
+them; latency and throughput get one column per host (timings from different machines are never averaged or
+ranked together). One row per (backbone, operator,
 upsampler, recipe) aggregates its seeds: metrics as mean +/- std with the seed count. Everything
 task-specific comes from the task's `TaskSpec`: the metric columns (in its order, shown in its units),
 the primary metric and its direction (rows sorted best first, the Pareto front on the right side), and
@@ -118,6 +120,15 @@ class Row:
         _, first = self.records[0]
         return _figure(first, name)
 
+    def on(self, machine: str) -> Row:
+        """The row's records measured on host ``machine``: its timings, never averaged with another host's."""
+        return Row(self.key, [(path, r) for path, r in self.records if host(r) == machine])
+
+
+def hosts(rows: Iterable[Row]) -> list[str]:
+    """The hosts a section's records ran on, sorted."""
+    return sorted({host(r) for row in rows for _, r in row.records})
+
 
 def _figure(record: dict[str, Any], name: str) -> Any:
     """A test metric, an efficiency figure, or (a dotted name) the number at that path of the record."""
@@ -143,12 +154,18 @@ def collect(dirs: Iterable[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[P
     return valid, invalid
 
 
-def _hardware(record: dict[str, Any]) -> str:
-    """Where and how latencies were measured: compiled and eager timings are never ranked together."""
+def host(record: dict[str, Any]) -> str:
+    """The machine a record's latency was measured on (CPU model and thread count, or GPU model)."""
+    return (record["provenance"].get("hardware") or {}).get("label") or "unknown hardware"
+
+
+def _platform(record: dict[str, Any]) -> str:
+    """What a record's metrics depend on besides its configuration: the device kind (any CPU host is ``CPU``:
+    another host's float sums differ, not its distribution of results), precision and compilation."""
     hw = record["provenance"].get("hardware") or {}
     precision = record["provenance"].get("precision")
     compiled = (record.get("efficiency") or {}).get("compiled")
-    return ((hw.get("label") or "unknown hardware") + (f", {precision}" if precision else "")
+    return (("CPU" if hw.get("device") == "cpu" else host(record)) + (f", {precision}" if precision else "")
             + (", torch.compile" if compiled else ""))
 
 
@@ -221,7 +238,7 @@ def _one_per_seed(row: Row) -> None:
 
 
 def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[Row]]:
-    """Successful records by (task, data, hardware), each a list of rows sorted by the primary metric.
+    """Successful records by (task, data, platform), each a list of rows sorted by the primary metric.
 
     Each row keeps one record per seed (see :func:`_one_per_seed`); the rest are in its ``duplicates``.
     """
@@ -230,7 +247,7 @@ def group(records: list[tuple[Path, dict]]) -> dict[tuple[str, str, str], list[R
     recipes = _recipe_labels(succeeded)
     for path, record in succeeded:
         view = task_view(record["task"])
-        section = (record["task"], view.section_label(record), _hardware(record))
+        section = (record["task"], view.section_label(record), _platform(record))
         key = (view.model_label(record), _with_kwargs(record.get("op"), record.get("op_kwargs")),
                _with_kwargs(record.get("upsampler"), record["config"].get("upsampler_kwargs")), recipes[path])
         tables[section].setdefault(key, Row(key)).records.append((path, record))
@@ -362,25 +379,29 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
     converged = {row.key: convergence(view, row) for row in rows}
     curves = any(flag != "-" for flag in converged.values())
     baseline = "+".join(str(v) if not callable(v) else f"stock {k}" for k, v in view.baseline.items())
+    machines = hosts(rows)
+    on = {machine: f", {machine}" if len(machines) > 1 else "" for machine in machines}
     header = ["backbone", "op", "upsampler", "recipe", *(m.label for m in metrics),
               f"delta {view.primary.name} vs {baseline}", "params (M)", "GMACs",
               *(["Pareto front (GMACs)"] if view.cost_plots else []),
-              "latency (ms)", *(["latency vs baseline (interleaved)"] if ratios else []), "throughput (/s)",
+              *(f"latency (ms){on[m]}" for m in machines), *(["latency vs baseline (interleaved)"] if ratios else []),
+              *(f"throughput (/s){on[m]}" for m in machines),
               *(["converged"] if curves else []), "seeds", "results", "reproduce"]
     front = {rows[i].key for i in front_rows(view, rows, "GMACs")} if view.cost_plots else set()
     cells = []
     for row in rows:
         params, macs = row.efficiency("params"), row.efficiency("macs")
-        throughput = row.efficiency("throughput_per_s")
+        timed = [row.on(m) for m in machines]
         # n counts the records that have the figure: a metric a run could not report is not a sample
         cells.append([*row.key, *(_fmt(row.metric(m.name, m.floor), len(row.values(m.name, m.floor)), m.scale)
                                   for m in metrics),
                       _delta(view, rows, row),
                       f"{params / 1e6:.2f}" if params else "-", f"{macs / 1e9:.3f}" if macs else "-",
                       *(["yes" if row.key in front else ""] if view.cost_plots else []),
-                      _fmt(row.metric("latency_ms"), len(row.values("latency_ms"))),
+                      *(_fmt(t.metric("latency_ms"), len(t.values("latency_ms"))) if t.records else "-"
+                        for t in timed),
                       *([_vs_baseline(row)] if ratios else []),
-                      f"{throughput:.1f}" if throughput else "-",
+                      *(f"{x:.1f}" if t.records and (x := t.efficiency("throughput_per_s")) else "-" for t in timed),
                       *([converged[row.key]] if curves else []),
                       _seeds(row), [_rel(p, link_root) for p, _ in row.records],
                       _command(row)])
@@ -475,15 +496,27 @@ DUPLICATES_NOTE = ("One sample per configuration and seed: of records with the s
                    "record, or the same configuration run again), the newest run is kept and these are left out.")
 
 
+HOSTS_NOTE = ("A section is one platform (every CPU host is one; each GPU model, precision and compilation its "
+              "own): its metrics pool the seeds run on any of its hosts, its latencies and throughputs are per host, "
+              "in one column per host, and compare only within a column.")
+
+
+def timed_on(rows: list[Row]) -> str:
+    """The hosts of a section, each with how many of its records ran there."""
+    counts = {m: sum(len(row.on(m).records) for row in rows) for m in hosts(rows)}
+    return "ran on " + ", ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in counts.items())
+
+
 def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tuple[Path, str]],
                     link_root: Path) -> str:
     lines = ["# Leaderboards", "", "Generated by `bench leaderboard` from the result records; do not edit by hand.",
-             "Metrics are mean +/- std over seeds, in the units of their column. Latencies are only comparable within "
-             "a hardware section.", CONVERGENCE_NOTE, *([RESUMED_NOTE] if _any_resumed(tables) else []), ""]
+             "Metrics are mean +/- std over seeds, in the units of their column.", HOSTS_NOTE, CONVERGENCE_NOTE,
+             *([RESUMED_NOTE] if _any_resumed(tables) else []), ""]
     for section, rows in tables.items():
-        task, data, hardware = section
+        task, data, platform = section
         header, cells = table_rows(section, rows, link_root)
-        lines += [f"## {task} on {data}", "", f"Hardware: {hardware}", "", ranking(section_view(section, rows)), "",
+        lines += [f"## {task} on {data}", "", f"Hardware: {platform}; {timed_on(rows)}", "",
+                  ranking(section_view(section, rows)), "",
                   "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for *values, paths, command in cells:
             links = " ".join(f"[{i + 1}]({p})" for i, p in enumerate(paths))
@@ -498,7 +531,7 @@ def render_markdown(tables: dict, failed: list[tuple[Path, dict]], invalid: list
                       *("| " + " | ".join(cells_row) + " |" for cells_row in cells), "",
                       "The paper's orderings, as reproduced here:", "", *(f"- {claim}" for claim in claims), ""]
     if dups := duplicates(tables):
-        columns = ["task", "data", "hardware", "backbone", "op", "upsampler", "recipe", "seed", "result",
+        columns = ["task", "data", "platform", "backbone", "op", "upsampler", "recipe", "seed", "result",
                    "kept instead", "why"]
         lines += ["## Duplicate runs (not averaged)", "", DUPLICATES_NOTE, "",
                   "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
@@ -529,13 +562,13 @@ def _rel(path: Path, root: Path) -> str:
 def render_csv(tables: dict, link_root: Path) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["task", "data", "hardware", "backbone", "op", "upsampler", "recipe", "seed", "status", "metric",
-                     "value", "params", "macs", "latency_ms", "result"])
-    for (task, data, hardware), rows in tables.items():
+    writer.writerow(["task", "data", "platform", "hardware", "backbone", "op", "upsampler", "recipe", "seed", "status",
+                     "metric", "value", "params", "macs", "latency_ms", "result"])
+    for (task, data, platform), rows in tables.items():
         for row in rows:
             for path, r in row.records:
                 for metric, value in sorted(r.get("metrics", {}).items()) or [("-", "")]:
-                    writer.writerow([task, data, hardware, *row.key, r.get("seed"), r["status"], metric, value,
+                    writer.writerow([task, data, platform, host(r), *row.key, r.get("seed"), r["status"], metric, value,
                                      _figure(r, "params"), _figure(r, "macs"), _figure(r, "latency_ms"),
                                      _rel(path, link_root)])
     return out.getvalue()
@@ -589,8 +622,9 @@ def front_rows(view: TaskView, rows: list[Row], cost: str) -> list[int]:
     return [plotted[i][0] for i in _pareto([p for _, p in plotted], view.primary.higher_is_better)]
 
 
-def plot_svg(section: tuple[str, str, str], rows: list[Row], cost: str) -> str | None:
-    """Inline SVG: the primary metric against ``cost`` (GMACs or latency), Pareto front marked; None if no data.
+def plot_svg(section: tuple[str, str, str], rows: list[Row], cost: str, machine: str = "") -> str | None:
+    """Inline SVG: the primary metric against ``cost`` (GMACs, or latency on host ``machine``), Pareto front
+    marked; None if no data.
 
     The front is the upper-left for a higher-is-better metric and the lower-left for a lower-is-better one.
     """
@@ -610,7 +644,7 @@ def plot_svg(section: tuple[str, str, str], rows: list[Row], cost: str) -> str |
         ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = sorted(points[i] for i in _pareto(points, primary.higher_is_better))
     ax.plot(*zip(*front), color="#cc3311", linestyle="--", label="Pareto front")
-    ax.set_xlabel("GMACs" if cost == "GMACs" else "latency (ms)")
+    ax.set_xlabel("GMACs" if cost == "GMACs" else f"latency (ms) on {machine}")
     ax.set_ylabel(f"{primary.label}, {primary.direction}")
     ax.set_title(f"{section[0]} on {section[1]}", fontsize=9)
     ax.legend(fontsize=7)
@@ -672,12 +706,12 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
              ".plots{display:flex;gap:1em;flex-wrap:wrap}",
              "</style></head><body><h1>bench leaderboards</h1>",
              *([f"<p>{html.escape(RESUMED_NOTE)}</p>"] if _any_resumed(tables) else []),
-             "<p>Metrics: mean &plusmn; std over seeds. Click a column header to sort. Latencies are comparable "
-             "only within a hardware section.</p>", f"<p>{html.escape(CONVERGENCE_NOTE)}</p>"]
+             "<p>Metrics: mean &plusmn; std over seeds. Click a column header to sort. "
+             f"{html.escape(HOSTS_NOTE)}</p>", f"<p>{html.escape(CONVERGENCE_NOTE)}</p>"]
     for section, rows in tables.items():
         header, cells = table_rows(section, rows, link_root)
         parts.append(f"<h2>{html.escape(section[0])} on {html.escape(section[1])}</h2>"
-                     f"<p>Hardware: {html.escape(section[2])}</p>"
+                     f"<p>Hardware: {html.escape(section[2])}; {html.escape(timed_on(rows))}</p>"
                      f"<p>{html.escape(ranking(section_view(section, rows)))}</p><table class='sortable'><thead><tr>")
         parts += [f"<th>{html.escape(h)}</th>" for h in header]
         parts.append("</tr></thead><tbody>")
@@ -686,8 +720,9 @@ def render_html(tables: dict, failed: list[tuple[Path, dict]], invalid: list[tup
             parts.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in values)
                          + f"<td>{links}</td><td><code>{html.escape(command)}</code></td></tr>")
         parts.append("</tbody></table><div class='plots'>")
-        parts += [svg for svg in (plot_svg(section, rows, "GMACs"), plot_svg(section, rows, "latency"),
-                                  curve_svg(section, rows)) if svg]
+        latency = [plot_svg(section, [t for row in rows if (t := row.on(m)).records], "latency", m)
+                   for m in hosts(rows)]
+        parts += [svg for svg in (plot_svg(section, rows, "GMACs"), *latency, curve_svg(section, rows)) if svg]
         parts.append("</div>")
     if found := ablation_tables(tables):
         parts.append(f"<h2>Papers' ablations</h2><p>{html.escape(ABLATIONS_NOTE)}</p>")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from operators.conv import Pointwise, conv_macs
+from operators.conv import Conv, Pointwise, conv_macs
 from operators.registry import OperatorError, register_op
 
 
@@ -90,12 +90,30 @@ def _channel_preserving(name: str, in_channels: int, out_channels: int, stride: 
 PAPER = "SCConv (Li et al., CVPR 2023)"
 
 
+class SRUThenConv(nn.Module):
+    """SRU then the standard 3x3 conv: SRU as a unit in front of the convolution it refines, the conv left where
+    SCConv would put CRU (one reading of the paper's "SRU only" line, since SRU itself mixes no pixels)."""
+
+    def __init__(self, channels: int, group_num: int = 16, gate_threshold: float = 0.5) -> None:
+        super().__init__()
+        self.sru = SRU(channels, group_num, gate_threshold)
+        self.conv = Conv(channels, channels, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.sru(x))
+
+    def macs(self, x: Tensor) -> int:
+        return self.sru.macs(x) + self.conv.macs(x)
+
+
 @register_op("sru", kind="conv", paper=PAPER, script=True, stride=False, channel_change=False)
 def sru(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, group_num: int = 16,
-        gate_threshold: float = 0.5) -> SRU:
-    """SRU alone (the paper's ablation); group_num 16 as in SRU's own default."""
+        gate_threshold: float = 0.5, conv: bool = False) -> SRU | SRUThenConv:
+    """SRU alone (no spatial mixing in the slot), or with ``conv=True`` SRU then the standard 3x3 conv: the two
+    readings of the paper's "SRU only" ablation; group_num 16 as in SRU's own default."""
     _channel_preserving("sru", in_channels, out_channels, stride, kernel_size)
-    return SRU(in_channels, group_num, gate_threshold)
+    return SRUThenConv(in_channels, group_num, gate_threshold) if conv else SRU(in_channels, group_num,
+                                                                                gate_threshold)
 
 
 @register_op("cru", kind="conv", paper=PAPER, script=True, stride=False, channel_change=False)

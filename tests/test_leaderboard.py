@@ -114,6 +114,28 @@ def test_hardware_is_never_mixed_and_failed_runs_are_listed_apart(results: Path)
     assert csv.count(",ddf,") == 4 and "scconv" not in csv  # 2 seeds x (top1, top5)
 
 
+def test_cpu_hosts_pool_their_seeds_and_keep_their_own_timings(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    for seed, (top1, machine, latency) in enumerate([(0.80, "Intel X (2 threads)", 3.0),
+                                                      (0.84, "AMD Y (2 threads)", 5.0),
+                                                      (0.82, "AMD Y (2 threads)", 7.0)]):
+        edit(record(folder, "conv", seed, top1, latency=latency),
+             lambda r, machine=machine: r["provenance"].update(hardware={"device": "cpu", "label": machine}))
+    record(folder, "conv", 0, 0.70, hardware="GPU B")  # no CPU device: its own platform
+    generate([folder], tmp_path)
+    md = (tmp_path / "README.md").read_text()
+    assert md.count("## classification on shapes") == 2
+    cpu = md.split("Hardware: CPU; ran on AMD Y (2 threads) (2 runs), Intel X (2 threads) (1 run)")[1].split("## ")[0]
+    header = next(line for line in cpu.splitlines() if line.startswith("| backbone"))
+    cells = dict(zip(header.split(" | "), next(line for line in cpu.splitlines() if "| conv |" in line).split(" | ")))
+    assert cells["top1 (%)"] == "82.00 +/- 2.00 (n=3)"  # the seeds of both hosts
+    assert cells["latency (ms), AMD Y (2 threads)"] == "6.00 +/- 1.41 (n=2)"  # each host's timings alone
+    assert cells["latency (ms), Intel X (2 threads)"] == "3.00"
+    assert "70.00" not in cpu
+    page = (tmp_path / "index.html").read_text()
+    assert "latency (ms) on AMD Y (2 threads)" in page and "latency (ms) on Intel X (2 threads)" in page
+
+
 def test_compiled_timings_get_their_own_section(results: Path) -> None:
     record(results, "ddf", 0, 0.86, latency=1.0, compiled=True)
     generate([results], results.parent)

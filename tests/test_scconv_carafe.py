@@ -35,6 +35,16 @@ def test_cru_structure_and_parameter_count() -> None:
     assert cru.group_conv.groups == 2
 
 
+def test_sru_with_conv_is_sru_then_the_baseline_conv() -> None:
+    m = create_op("sru", 32, 32, conv=True)
+    x = torch.randn(2, 32, 8, 8)
+    assert torch.equal(m(x), m.conv(m.sru(x)))
+    conv = create_op("conv", 32, 32)
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in conv.parameters()) + 2 * 32  # + GN
+    assert count_macs(m, x) >= count_macs(conv, x)
+    assert not any(isinstance(c, torch.nn.Conv2d) for c in create_op("sru", 32, 32).modules())
+
+
 def test_scconv_is_sru_then_cru_and_cheaper_than_conv() -> None:
     m = create_op("scconv", 64, 64)
     assert m.sru.norm.num_groups == 4
