@@ -16,6 +16,7 @@ SWEEPS=(
   "task=classification recipe=standard op=ddf op_kwargs.filter_norm=sigmoid seed=0,1,2"
   "task=classification recipe=standard op=ddf op_kwargs.spatial_mean=true seed=0,1,2"
   "task=classification recipe=standard op=octconv op_kwargs.alpha=0.125,0.25,0.75 seed=0,1"
+  "task=classification recipe=standard op=sru op_kwargs.conv=true seed=0,1"
   "task=detection op=conv,ddf upsampler=nearest,carafe,ddf_up"
   "task=detection detector=thundernet backbone=snet146 op=conv,dwconv,ddf"
   "task=detection detector=light_head_rcnn op=conv,ddf"
