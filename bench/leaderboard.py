@@ -3,11 +3,10 @@
 Records are grouped by task and dataset, then by platform: the device kind (every CPU host is one platform,
 each GPU model its own), precision and compilation. Metrics pool the seeds of a platform whichever host ran
 them; latency and throughput get one column per host (timings from different machines are never averaged or
-ranked together). One row per (backbone, operator,
-upsampler, recipe) aggregates its seeds: metrics as mean +/- std with the seed count. Everything
-task-specific comes from the task's `TaskSpec`: the metric columns (in its order, shown in its units),
-the primary metric and its direction (rows sorted best first, the Pareto front on the right side), and
-the baseline rule of the deltas. A row holds one sample per seed: a copy of a record (same ``run_id``) or a
+ranked together). One row per (backbone, operator, upsampler, recipe) aggregates its seeds: metrics as
+mean +/- std with the seed count. Everything task-specific comes from the task's `TaskSpec`: the metric
+columns (in its order, shown in its units), the primary metric and its direction (rows sorted best first, the
+Pareto front on the right side), and the baseline rule of the deltas. A row holds one sample per seed: a copy of a record (same ``run_id``) or a
 repeated run of the same configuration and seed is listed under "Duplicate runs (not averaged)" and the newest
 run (by end time) is kept. Runs that did not succeed are listed apart; files that are not valid records (NaN or
 Infinity, a number given as a string, ...) are reported by path with the reason and skipped. The papers'
