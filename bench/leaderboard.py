@@ -1,17 +1,17 @@
 """`bench leaderboard`: Markdown, CSV and a static HTML page generated from result records.
 
-Records are grouped by task and dataset, then by platform: the device kind (every CPU host is one platform,
-each GPU model its own), precision and compilation. Metrics pool the seeds of a platform whichever host ran
-them; latency and throughput get one column per host (timings from different machines are never averaged or
-ranked together). One row per (backbone, operator, upsampler, recipe) aggregates its seeds: metrics as
-mean +/- std with the seed count. Everything task-specific comes from the task's `TaskSpec`: the metric
-columns (in its order, shown in its units), the primary metric and its direction (rows sorted best first, the
-Pareto front on the right side), and the baseline rule of the deltas. A row holds one sample per seed: a copy of a record (same ``run_id``) or a
-repeated run of the same configuration and seed is listed under "Duplicate runs (not averaged)" and the newest
-run (by end time) is kept. Runs that did not succeed are listed apart; files that are not valid records (NaN or
-Infinity, a number given as a string, ...) are reported by path with the reason and skipped. The papers'
-ablations (`bench.ablations`) get their own tables, with a verdict on each ordering the paper found. The same
-inputs always give byte-identical outputs.
+Records are grouped by task and dataset, then by platform: the device kind (every CPU host is one platform, each
+GPU model its own), precision and compilation. Metrics pool the seeds of a platform whichever host ran them;
+latency and throughput get one column per host (timings from different machines are never averaged or ranked
+together). One row per (backbone, operator, upsampler, recipe) aggregates its seeds: metrics as mean +/- std with
+the seed count. Everything task-specific comes from the task's `TaskSpec`: the metric columns (in its order, shown
+in its units), the primary metric and its direction (rows sorted best first, the Pareto front on the right side),
+and the baseline rule of the deltas. A row holds one sample per seed: a copy of a record (same ``run_id``) or a
+repeated run of the same configuration and seed is listed under "Duplicate runs (not averaged)" and the newest run
+(by end time) is kept. Runs that did not succeed are listed apart; files that are not valid records (NaN or
+Infinity, a number given as a string, ...) are reported by path with the reason and skipped. The papers' ablations
+(`bench.ablations`) get their own tables, with a verdict on each ordering the paper found. The same inputs always
+give byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -397,8 +397,7 @@ def table_rows(section: tuple[str, str, str], rows: list[Row], link_root: Path) 
                       _delta(view, rows, row),
                       f"{params / 1e6:.2f}" if params else "-", f"{macs / 1e9:.3f}" if macs else "-",
                       *(["yes" if row.key in front else ""] if view.cost_plots else []),
-                      *(_fmt(t.metric("latency_ms"), len(t.values("latency_ms"))) if t.records else "-"
-                        for t in timed),
+                      *(_fmt(t.metric("latency_ms"), len(t.values("latency_ms"))) for t in timed),
                       *([_vs_baseline(row)] if ratios else []),
                       *(f"{x:.1f}" if t.records and (x := t.efficiency("throughput_per_s")) else "-" for t in timed),
                       *([converged[row.key]] if curves else []),

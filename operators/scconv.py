@@ -112,8 +112,8 @@ def sru(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int =
     """SRU alone (no spatial mixing in the slot), or with ``conv=True`` SRU then the standard 3x3 conv: the two
     readings of the paper's "SRU only" ablation; group_num 16 as in SRU's own default."""
     _channel_preserving("sru", in_channels, out_channels, stride, kernel_size)
-    return SRUThenConv(in_channels, group_num, gate_threshold) if conv else SRU(in_channels, group_num,
-                                                                                gate_threshold)
+    unit = SRUThenConv if conv else SRU
+    return unit(in_channels, group_num, gate_threshold)
 
 
 @register_op("cru", kind="conv", paper=PAPER, script=True, stride=False, channel_change=False)
