@@ -8,6 +8,7 @@ it performs, so the suite can check and count operators that generic counters ca
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,6 +162,10 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
         parameters = inspect.signature(info.factory).parameters
     except (TypeError, ValueError):  # a builtin or C factory without a signature: nothing to check here
         return
+    try:  # the annotations as types (a plugin's string annotations may name what cannot be imported here)
+        typed = dict(inspect.signature(info.factory, eval_str=True).parameters)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the defaults' types
+        typed = {key: p.replace(annotation=inspect.Parameter.empty) for key, p in parameters.items()}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     accepted = [p for p in parameters if p not in FIXED_ARGUMENTS[info.kind] and p != "self"]
@@ -173,6 +178,31 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
         raise OperatorError(f"operator {name!r} takes no argument {', '.join(map(repr, unknown))}; its arguments "
                             f"are: {', '.join(accepted) or '(none)'} (`bench list ops` and its docstring say what "
                             "they do).")
+    for key, value in kwargs.items():
+        scalars = _scalar_types(typed.get(key, parameters[key]))
+        if scalars and not _fits(value, scalars):
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in scalars)
+            raise OperatorError(f"operator {name!r}: argument {key!r} takes a {names}, not {value!r} (on the command "
+                                f"line: true/false for a bool, a number for an int or float).")
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _scalar_types(parameter: inspect.Parameter) -> tuple[type, ...]:
+    """The plain types (bool, int, float, str, None) an argument's annotation allows, or, unannotated, its default's
+    type; empty when the argument takes anything else (a tuple, a module, a Literal), which is left unchecked."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        return (type(parameter.default),) if type(parameter.default) in _SCALARS[:-1] else ()
+    allowed = typing.get_args(annotation) or (annotation,)
+    return allowed if all(t in _SCALARS for t in allowed) and set(allowed) != {type(None)} else ()
+
+
+def _fits(value: Any, scalars: tuple[type, ...]) -> bool:
+    """Whether ``value`` is one of ``scalars``; an int fits a float, a bool fits only a bool (so ``conv=maybe``
+    or ``alpha=true`` is refused rather than read as truthy or as 1)."""
+    return type(value) in scalars or (type(value) is int and float in scalars)
 
 
 def _tag(module: nn.Module, info: OpInfo) -> nn.Module:

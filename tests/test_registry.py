@@ -60,6 +60,18 @@ def test_undeclared_capabilities_are_refused(restore_registry: None) -> None:
         create_op("fixed", 4, 4, dilation=2)
 
 
+@pytest.mark.parametrize("name, kwargs", [("ddf", {"spatial_mean": "maybe"}), ("octconv", {"alpha": True}),
+                                          ("ddf", {"head": 1.5}), ("ddf", {"branches": 1})])
+def test_argument_of_the_wrong_type_is_refused(name: str, kwargs: dict) -> None:
+    key = next(iter(kwargs))
+    with pytest.raises(OperatorError, match=rf"argument '{key}' takes a (bool|int|float|str)"):
+        create_op(name, 8, 8, **kwargs)
+
+
+def test_an_int_is_accepted_where_the_default_is_a_float() -> None:
+    assert create_op("octconv", 8, 8, alpha=0) is not None
+
+
 def test_kind_mismatch_points_to_the_right_factory() -> None:
     with pytest.raises(OperatorError, match="create_upsampler"):
         create_op("nearest", 4, 4)

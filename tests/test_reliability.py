@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("bench_cache")  # generated data goes to a 
 @pytest.mark.parametrize("override, message", [
     ("op_kwargs.bogus=1", "operator 'ddf' takes no argument 'bogus'; its arguments are: "),
     ("op_kwargs.stride=2", "stride is set by the network or task"),
+    ("op_kwargs.spatial_mean=maybe", "argument 'spatial_mean' takes a bool, not 'maybe'"),
     ("recipe.max_device_batch=0", "recipe.max_device_batch=0 is out of range: it must be at least 1."),
     ("recipe.global_batch=0", "recipe.global_batch=0 is out of range"),
     ("recipe.eval_batch=0", "recipe.eval_batch=0 is out of range"),
