@@ -8,6 +8,7 @@ it performs, so the suite can check and count operators that generic counters ca
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -195,7 +196,8 @@ def _scalar_types(parameter: inspect.Parameter) -> tuple[type, ...]:
     annotation = parameter.annotation
     if annotation is inspect.Parameter.empty:
         return (type(parameter.default),) if type(parameter.default) in _SCALARS[:-1] else ()
-    allowed = typing.get_args(annotation) or (annotation,)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    allowed = typing.get_args(annotation) if union else (annotation,)
     return allowed if all(t in _SCALARS for t in allowed) and set(allowed) != {type(None)} else ()
 
 

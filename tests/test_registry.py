@@ -72,6 +72,10 @@ def test_an_int_is_accepted_where_the_default_is_a_float() -> None:
     assert create_op("octconv", 8, 8, alpha=0) is not None
 
 
+def test_a_sequence_argument_is_not_read_as_its_element_type() -> None:
+    assert create_op("goctconv", 12, 12, alpha_in=[0.5, 0.25, 0.25], alpha_out=[0.5, 0.25, 0.25]) is not None
+
+
 def test_kind_mismatch_points_to_the_right_factory() -> None:
     with pytest.raises(OperatorError, match="create_upsampler"):
         create_op("nearest", 4, 4)
