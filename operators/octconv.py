@@ -44,15 +44,19 @@ def _max_pool(x: Tensor, factor: int) -> Tensor:
 
 
 def _add_upsampled_(y: Tensor, low: Tensor) -> Tensor:
-    """``y += nearest_upsample(low)`` in place; an exact 2x is a broadcast add, with no upsampled copy."""
+    """``y += nearest_upsample(low)`` in place; without autograd, an exact 2x is a broadcast add (no upsampled copy).
+
+    With autograd the broadcast add is not used: its backward (an in-place add on a view, then a sum over the 6-d
+    view) trains ~7x slower than nearest upsampling's own backward kernel (benchmarks/octconv_alpha_speed.py).
+    """
     n, c, lh, lw = low.shape
     h, w = y.shape[-2:]
     if torch.jit.is_tracing():  # a trace records one path: the general one, not a branch on this input's sizes
         return y.add_(F.interpolate(low, size=(h, w), mode="nearest"))
     if (h, w) == (lh, lw):  # already at y's resolution (the L->H path of a strided octave conv)
         return y.add_(low)
-    if (h, w) == (2 * lh, 2 * lw):  # split each row and column of y in two, and broadcast low over the pairs
-        y.view(n, c, lh, 2, lw, 2).add_(low.view(n, c, lh, 1, lw, 1))
+    if (h, w) == (2 * lh, 2 * lw) and not (torch.is_grad_enabled() and (y.requires_grad or low.requires_grad)):
+        y.view(n, c, lh, 2, lw, 2).add_(low.view(n, c, lh, 1, lw, 1))  # each 2x2 block of y gets one low value
         return y
     return y.add_(F.interpolate(low, size=(h, w), mode="nearest"))
 
