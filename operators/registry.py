@@ -160,13 +160,13 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     """Raise :class:`OperatorError` naming the accepted arguments if operator ``name`` takes none of ``kwargs``."""
     info = op_info(name)
     try:
-        parameters = inspect.signature(info.factory).parameters
+        plain = inspect.signature(info.factory).parameters
     except (TypeError, ValueError):  # a builtin or C factory without a signature: nothing to check here
         return
     try:  # the annotations as types (a plugin's string annotations may name what cannot be imported here)
-        typed = dict(inspect.signature(info.factory, eval_str=True).parameters)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the defaults' types
-        typed = {key: p.replace(annotation=inspect.Parameter.empty) for key, p in parameters.items()}
+        parameters = dict(inspect.signature(info.factory, eval_str=True).parameters)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the defaults' types are checked instead
+        parameters = {key: p.replace(annotation=inspect.Parameter.empty) for key, p in plain.items()}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     accepted = [p for p in parameters if p not in FIXED_ARGUMENTS[info.kind] and p != "self"]
@@ -180,7 +180,7 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
                             f"are: {', '.join(accepted) or '(none)'} (`bench list ops` and its docstring say what "
                             "they do).")
     for key, value in kwargs.items():
-        scalars = _scalar_types(typed.get(key, parameters[key]))
+        scalars = _scalar_types(parameters[key])
         if scalars and not _fits(value, scalars):
             names = " or ".join("None" if t is type(None) else t.__name__ for t in scalars)
             raise OperatorError(f"operator {name!r}: argument {key!r} takes a {names}, not {value!r} (on the command "
