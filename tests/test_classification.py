@@ -75,7 +75,9 @@ def test_two_process_ddp_keeps_the_global_batch(tmp_path: Path) -> None:
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     args = [*TINY, "recipe.epochs=30", "data.train_size=128"]
-    proc = bench(tmp_path, *args, start_new_session=True)
+    # the child must take Ctrl-C even where this test runs in the background of a shell, which ignores SIGINT
+    proc = bench(tmp_path, *args, start_new_session=True,
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     checkpoints = list((tmp_path / "runs").glob("classification-*/*/checkpoints/last.ckpt"))
     while not checkpoints and time.monotonic() < deadline and proc.poll() is None:
